@@ -1,0 +1,9 @@
+"""Ember: compile PyTorch, HuggingFace and ONNX models to native code.
+
+>>> import ember
+>>> compiled = ember.compile(model, (x,))   # then compiled(x) runs native code
+"""
+__version__ = "0.1.0"
+
+from .errors import (CompileError, CompilerNotFoundError, DTypeError, EmberError,  # noqa: F401
+                     ExportError, InputError, IRError, ParseError, ShapeError, UnsupportedOpError)

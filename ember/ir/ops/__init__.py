@@ -1,0 +1,3 @@
+"""All graph ops. Importing this package registers them."""
+from . import elementwise, nn, reduce, shape  # noqa: F401  (registration side effects)
+from .registry import Attr, OpDef, all_ops, broadcast_shapes, get, register  # noqa: F401
