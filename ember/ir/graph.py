@@ -90,6 +90,8 @@ class Graph:
         self.nodes: list[Node] = []
         self.outputs: list[Value] = []
         self.output_names: list[str] | None = None  # user-facing output names when known
+        self.sym_ranges: dict[str, tuple[int, int]] = {}  # symbol -> (min, max) allowed at run time
+        self.meta: dict = {}  # frontend facts that are not IR (e.g. how to re-nest outputs)
         self._names: set[str] = set()
         self._counter = itertools.count()
 
