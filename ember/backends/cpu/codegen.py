@@ -1,0 +1,464 @@
+"""Print a loop-IR Program as one C translation unit with a single entry point.
+
+    int ember_main(const int64_t *dims, void *const *in, void *const *out,
+                   void *const *consts, char *workspace);
+    int64_t ember_workspace_size(const int64_t *dims);
+
+``dims`` holds the program's symbols in order. Kernels are static functions; identical
+kernels (a layer repeated N times) are printed once and called N times. Loops are written
+so that gcc vectorizes the innermost one; OpenMP splits the outer ones across cores when
+the work is large enough to pay for the fork.
+"""
+from __future__ import annotations
+
+import math
+
+from ...errors import EmberError
+from ...ir import dtypes
+from ...ir.symbolic import to_c as sym_to_c
+from ...lower import loop_ir as L
+from ...lower.loop_ir import Buffer, Expr, Loop, Matmul, Program
+
+ALIGN = 64           # bytes; workspace buffers start on cache-line boundaries
+PARALLEL_MIN = 1 << 15  # elements (x reduction length) below which a kernel stays serial
+
+PRELUDE = r"""
+#include <stdint.h>
+#include <stdbool.h>
+#include <math.h>
+#include <string.h>
+#define EMBER_ABI 1
+static inline int64_t ember_fdiv(int64_t a, int64_t b) { int64_t q = a / b; return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q; }
+static inline int64_t ember_fmod(int64_t a, int64_t b) { int64_t r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
+static inline float ember_sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+static inline double ember_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+static inline int64_t ember_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+"""
+
+
+def compute_type(dt) -> str:
+    if dt is dtypes.bf16:
+        raise EmberError("bf16 tensors are not supported by the CPU backend yet; cast the model "
+                         "to float32 (model.float()) before compiling")
+    return "float" if dt is dtypes.f16 else dt.c_name
+
+
+def storage_type(dt) -> str:
+    compute_type(dt)
+    return dt.c_name
+
+
+def c_sym(name: str) -> str:
+    return f"s_{name}"
+
+
+def c_dim(d) -> str:
+    return sym_to_c(d, c_sym)
+
+
+def c_literal(v, dt) -> str:
+    if dt is dtypes.bool_:
+        return "true" if v else "false"
+    if dt.is_float:
+        if math.isnan(v):
+            return "NAN"
+        if math.isinf(v):
+            return "INFINITY" if v > 0 else "(-INFINITY)"
+        s = repr(float(v))
+        return f"{s}f" if compute_type(dt) == "float" else s
+    return f"{int(v)}L" if abs(int(v)) > 2**31 - 1 else str(int(v))
+
+
+def nonneg(e: Expr) -> bool:
+    """True when an integer expression is provably >= 0 (plain C / and % are then exact)."""
+    if e.op == "const":
+        return e.arg >= 0
+    if e.op in ("var", "dim"):
+        return True
+    if e.op in ("add", "mul", "floordiv", "mod", "min"):
+        return all(nonneg(a) for a in e.args)
+    if e.op == "max":
+        return any(nonneg(a) for a in e.args)
+    if e.op == "where":
+        return nonneg(e.args[1]) and nonneg(e.args[2])
+    return False
+
+
+_FN = {  # unary op -> (float, double) C function names
+    "exp": ("expf", "exp"), "log": ("logf", "log"), "sqrt": ("sqrtf", "sqrt"),
+    "tanh": ("tanhf", "tanh"), "erf": ("erff", "erf"), "sin": ("sinf", "sin"),
+    "cos": ("cosf", "cos"), "floor": ("floorf", "floor"), "ceil": ("ceilf", "ceil"),
+    "sigmoid": ("ember_sigmoidf", "ember_sigmoid"), "pow": ("powf", "pow"),
+}
+_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "eq": "==", "ne": "!=", "lt": "<",
+          "le": "<=", "gt": ">", "ge": ">=", "and": "&&", "or": "||", "xor": "!="}
+
+
+class ExprPrinter:
+    """Prints Exprs as C; subexpressions used more than once become named temporaries."""
+
+    def __init__(self, params: dict, lines: list, indent: str):
+        self.params, self.lines, self.indent = params, lines, indent
+        self.names: dict[int, str] = {}
+        self.uses: dict[int, int] = {}
+        self.count = 0
+
+    def count_uses(self, e: Expr):
+        k = id(e)
+        self.uses[k] = self.uses.get(k, 0) + 1
+        if self.uses[k] == 1:
+            for a in e.args:
+                self.count_uses(a)
+
+    def __call__(self, e: Expr) -> str:
+        k = id(e)
+        if k in self.names:
+            return self.names[k]
+        s = self._print(e)
+        if self.uses.get(k, 0) > 1 and e.op not in ("const", "var", "dim"):
+            self.count += 1
+            name = f"v{self.count}"
+            self.lines.append(f"{self.indent}const {compute_type(e.dtype)} {name} = {s};")
+            self.names[k] = name
+            return name
+        return s
+
+    def _print(self, e: Expr) -> str:
+        op, a = e.op, e.args
+        dt = e.dtype
+        f = compute_type(dt) == "float"
+        if op == "const":
+            return c_literal(e.arg, dt)
+        if op == "var":
+            return e.arg
+        if op == "dim":
+            return c_dim(e.arg)
+        if op == "load":
+            s = f"{self.params[e.arg]}[{self(a[0])}]"
+            return f"((float){s})" if dt is dtypes.f16 else s
+        if op == "cast":
+            x = self(a[0])
+            if dt is dtypes.bool_:
+                return f"({x} != 0)"
+            return f"(({compute_type(dt)}){x})"
+        if op == "where":
+            return f"({self(a[0])} ? {self(a[1])} : {self(a[2])})"
+        if len(a) == 1:
+            x = self(a[0])
+            if op == "neg":
+                return f"(-{x})"
+            if op == "not":
+                return f"(!{x})"
+            if op == "abs":
+                return f"fabs{'f' if f else ''}({x})" if dt.is_float else f"({x} < 0 ? -{x} : {x})"
+            if op == "relu":
+                return f"({x} > 0 ? {x} : 0)"
+            if op == "sign":
+                return f"(({compute_type(dt)})(({x} > 0) - ({x} < 0)))"
+            if op == "rsqrt":
+                return f"(1.0f / sqrtf({x}))" if f else f"(1.0 / sqrt({x}))"
+            if op == "reciprocal":
+                return f"(1.0f / {x})" if f else f"(1.0 / {x})"
+            return f"{_FN[op][0 if f else 1]}({x})"
+        x, y = self(a[0]), self(a[1])
+        if op in ("floordiv", "mod") and not a[0].dtype.is_float:
+            if nonneg(a[0]) and nonneg(a[1]):
+                return f"({x} {'/' if op == 'floordiv' else '%'} {y})"
+            return f"ember_f{'div' if op == 'floordiv' else 'mod'}({x}, {y})"
+        if op == "mod":
+            return f"fmod{'f' if f else ''}({x}, {y})"
+        if op == "floordiv":
+            return f"floor{'f' if f else ''}({x} / {y})"
+        if op == "max":
+            return f"({x} > {y} ? {x} : {y})"
+        if op == "min":
+            return f"({x} < {y} ? {x} : {y})"
+        if op == "pow":
+            return f"{_FN['pow'][0 if f else 1]}({x}, {y})"
+        return f"({x} {_INFIX[op]} {y})"
+
+
+def _buffers_of(e: Expr, out: list):
+    if e.op == "load" and e.arg not in out:
+        out.append(e.arg)
+    for a in e.args:
+        _buffers_of(a, out)
+
+
+def _flat(shape, index_names) -> str:
+    s = ""
+    for d, i in zip(shape, index_names):
+        s = i if not s else f"({s}) * {c_dim(d)} + {i}"
+    return s or "0"
+
+
+def _store(buf_param: str, dt, index: str, value: str) -> str:
+    return f"{buf_param}[{index}] = ({storage_type(dt)})({value});"
+
+
+class KernelPrinter:
+    def __init__(self, symbols):
+        self.symbols = symbols
+        self.funcs: dict[str, str] = {}   # body text -> function name
+
+    def _signature(self, bufs: list[Buffer], out: Buffer):
+        params, decl = {}, []
+        for k, b in enumerate(bufs):
+            params[b] = f"p{k}"
+            const = "" if b is out else "const "
+            decl.append(f"{const}{storage_type(b.dtype)} *restrict p{k}")
+        return params, decl
+
+    def _sym_lines(self, text: str) -> list[str]:
+        return [f"  const int64_t {c_sym(s)} = dims[{k}];" for k, s in enumerate(self.symbols)
+                if c_sym(s) in text]
+
+    def kernel(self, k) -> tuple[str, list[Buffer]]:
+        """Returns (function name, buffer arguments in order)."""
+        bufs = [k.out]
+        exprs = [k.body] if isinstance(k, Loop) else [k.epilogue] if k.epilogue is not None else []
+        if isinstance(k, Loop) and k.reduce and k.reduce.post is not None:
+            exprs.append(k.reduce.post)
+        if isinstance(k, Matmul):
+            for b in (k.a.buf, k.b.buf):
+                if b not in bufs:
+                    bufs.append(b)
+        for e in exprs:
+            _buffers_of(e, bufs)
+        params, decl = self._signature(bufs, k.out)
+        body = self._loop(k, params) if isinstance(k, Loop) else self._matmul(k, params)
+        sig = f"(const int64_t *restrict dims, {', '.join(decl)})"
+        text = sig + " {\n" + "\n".join(self._sym_lines(body)) + "\n" + body + "}\n"
+        if text not in self.funcs:
+            self.funcs[text] = f"kernel{len(self.funcs)}"
+        return self.funcs[text], bufs
+
+    # -- pointwise and reduction loops
+    def _loop(self, k: Loop, params) -> str:
+        lines: list[str] = []
+        shape, red = k.shape, k.reduce
+        rank = len(shape)
+        outp = params[k.out]
+        ivars = [f"i{d}" for d in range(rank)]
+        work = c_dim(_prod(shape) * (_prod(red.sizes) if red else 1))
+        if red is None:
+            if rank == 0:
+                pr = ExprPrinter(params, lines, "  ")
+                pr.count_uses(k.body)
+                v = pr(k.body)
+                lines.append("  " + _store(outp, k.out.dtype, "0", v))
+                return "\n".join(lines) + "\n"
+            outer = rank - 1
+            if outer >= 1:
+                lines.append(f"  #pragma omp parallel for collapse({outer}) if({work} > {PARALLEL_MIN})")
+            for d in range(outer):
+                lines.append(f"  {'  ' * d}for (int64_t i{d} = 0; i{d} < {c_dim(shape[d])}; i{d}++)")
+            ind = "  " + "  " * outer
+            if outer == 0:
+                lines.append(f"  #pragma omp parallel for if({work} > {PARALLEL_MIN})")
+            lines.append(f"{ind}for (int64_t i{outer} = 0; i{outer} < {c_dim(shape[outer])}; i{outer}++) {{")
+            pr = ExprPrinter(params, lines, ind + "  ")
+            pr.count_uses(k.body)
+            v = pr(k.body)
+            lines.append(ind + "  " + _store(outp, k.out.dtype, _flat(shape, ivars), v))
+            lines.append(ind + "}")
+            return "\n".join(lines) + "\n"
+        # reduction: parallel over outputs, serial (vectorizable) over the reduced dims
+        if rank >= 1:
+            lines.append(f"  #pragma omp parallel for collapse({rank}) if({work} > {PARALLEL_MIN})")
+        for d in range(rank):
+            lines.append(f"  {'  ' * d}for (int64_t i{d} = 0; i{d} < {c_dim(shape[d])}; i{d}++)")
+        ind = "  " + "  " * rank
+        ct = compute_type(k.body.dtype)
+        lines.append(ind + "{")
+        init = {"sum": "0", "prod": "1", "max": _lowest(k.body.dtype), "argmax": _lowest(k.body.dtype),
+                "min": _highest(k.body.dtype)}[red.op]
+        lines.append(f"{ind}  {ct} acc = {init};")
+        if red.op == "argmax":
+            lines.append(f"{ind}  int64_t acc_i = 0;")
+        rind = ind + "  "
+        for j, sz in enumerate(red.sizes):
+            lines.append(f"{rind}for (int64_t r{j} = 0; r{j} < {c_dim(sz)}; r{j}++)")
+            rind += "  "
+        lines.append(rind[:-2] + "{")
+        pr = ExprPrinter(params, lines, rind)
+        pr.count_uses(k.body)
+        v = pr(k.body)
+        combine = {"sum": f"acc += {v};", "prod": f"acc *= {v};",
+                   "max": f"acc = ({v}) > acc ? ({v}) : acc;",
+                   "min": f"acc = ({v}) < acc ? ({v}) : acc;",
+                   "argmax": f"{{ const {ct} _v = {v}; if (_v > acc) {{ acc = _v; acc_i = "
+                             f"{_flat(red.sizes, [f'r{j}' for j in range(len(red.sizes))])}; }} }}"}[red.op]
+        lines.append(rind + combine)
+        lines.append(rind[:-2] + "}")
+        result = "acc_i" if red.op == "argmax" else "acc"
+        if red.post is not None:
+            pp = ExprPrinter(params, lines, ind + "  ")
+            pp.count_uses(red.post)
+            result = pp(red.post)
+        lines.append(ind + "  " + _store(outp, k.out.dtype, _flat(shape, ivars), result))
+        lines.append(ind + "}")
+        return "\n".join(lines) + "\n"
+
+    # -- matmul template
+    def _matmul(self, k: Matmul, params) -> str:
+        nb = len(k.batch)
+        A, B, C = params[k.a.buf], params[k.b.buf], params[k.out]
+        M, N, K = c_dim(k.M), c_dim(k.N), c_dim(k.K)
+        sa, sb = [c_dim(s) for s in k.a.strides], [c_dim(s) for s in k.b.strides]
+        ct = compute_type(k.out.dtype)
+        lines = [f"  const int64_t M = {M}, N = {N}, K = {K};",
+                 f"  const int64_t nbatch = {c_dim(_prod(k.batch))};"]
+        axpy = k.b.strides[-1] == 1
+        NB, MR = 256, 4
+        if axpy:
+            lines.append(f"  const int64_t ntile = (N + {NB - 1}) / {NB}, mtile = (M + {MR * 4 - 1}) / {MR * 4};")
+            lines.append(f"  #pragma omp parallel for schedule(static) if(nbatch * M * N * K > {PARALLEL_MIN * 8})")
+            lines.append("  for (int64_t t = 0; t < nbatch * mtile * ntile; t++) {")
+            lines.append("    const int64_t bi = t / (mtile * ntile), mt = (t / ntile) % mtile, nt = t % ntile;")
+        else:
+            lines.append(f"  #pragma omp parallel for schedule(static) if(nbatch * M * N * K > {PARALLEL_MIN * 8})")
+            lines.append("  for (int64_t t = 0; t < nbatch * M; t++) {")
+            lines.append("    const int64_t bi = t / M, i = t % M;")
+        # batch coordinates (i0..) and operand offsets
+        rest = "bi"
+        offa, offb = [c_dim(k.a.offset)], [c_dim(k.b.offset)]
+        for d in reversed(range(nb)):
+            lines.append(f"    const int64_t i{d} = ({rest}) % {c_dim(k.batch[d])};")
+            rest = f"({rest}) / {c_dim(k.batch[d])}"
+            offa.append(f"i{d} * {sa[d]}")
+            offb.append(f"i{d} * {sb[d]}")
+        lines.append(f"    const int64_t oa = {' + '.join(offa)}, ob = {' + '.join(offb)};")
+        im, jn = f"i{nb}", f"i{nb + 1}"
+        sam, sak, sbk, sbn = sa[nb], sa[nb + 1], sb[nb], sb[nb + 1]
+
+        def epilogue(ind, acc_expr, i_name, j_name, lines_out):
+            idx = f"(bi * M + {i_name}) * N + {j_name}"
+            if k.epilogue is None:
+                lines_out.append(f"{ind}{_store(C, k.out.dtype, idx, acc_expr)}")
+                return
+            lines_out.append(f"{ind}{{ const int64_t {im} = {i_name}, {jn} = {j_name}; "
+                             f"const {ct} acc = {acc_expr};")
+            pr = ExprPrinter(params, lines_out, ind + "  ")
+            pr.count_uses(k.epilogue)
+            v = pr(k.epilogue)
+            lines_out.append(f"{ind}  {_store(C, k.out.dtype, idx, v)} }}")
+
+        if axpy:
+            # C[i, j0:j1] += A[i, k] * B[k, j0:j1], MR rows at a time: the inner loop over j
+            # is unit-stride in B and C, so gcc turns it into FMA vectors
+            lines.append(f"    const int64_t j0 = nt * {NB}, jn = ember_min64(N - j0, {NB});")
+            lines.append(f"    const int64_t m0 = mt * {MR * 4}, m1 = ember_min64(M, m0 + {MR * 4});")
+            lines.append(f"    for (int64_t i = m0; i < m1; i += {MR}) {{")
+            lines.append(f"      const int64_t mr = ember_min64({MR}, m1 - i);")
+            lines.append(f"      {ct} accs[{MR}][{NB}];")
+            lines.append(f"      for (int r = 0; r < {MR}; r++) for (int64_t j = 0; j < {NB}; j++) accs[r][j] = 0;")
+            lines.append("      if (mr == %d) {" % MR)
+            lines.append("        for (int64_t kk = 0; kk < K; kk++) {")
+            lines.append(f"          const {storage_type(k.b.buf.dtype)} *restrict brow = {B} + ob + kk * {sbk} + j0 * {sbn};")
+            for r in range(MR):
+                lines.append(f"          const {ct} a{r} = {A}[oa + (i + {r}) * {sam} + kk * {sak}];")
+            lines.append("          for (int64_t j = 0; j < jn; j++) {")
+            lines.append(f"            const {ct} bv = brow[j];")
+            for r in range(MR):
+                lines.append(f"            accs[{r}][j] += a{r} * bv;")
+            lines.append("          }")
+            lines.append("        }")
+            lines.append("      } else {")
+            lines.append("        for (int64_t r = 0; r < mr; r++)")
+            lines.append("          for (int64_t kk = 0; kk < K; kk++) {")
+            lines.append(f"            const {storage_type(k.b.buf.dtype)} *restrict brow = {B} + ob + kk * {sbk} + j0 * {sbn};")
+            lines.append(f"            const {ct} a0 = {A}[oa + (i + r) * {sam} + kk * {sak}];")
+            lines.append("            for (int64_t j = 0; j < jn; j++) accs[r][j] += a0 * brow[j];")
+            lines.append("          }")
+            lines.append("      }")
+            lines.append("      for (int64_t r = 0; r < mr; r++)")
+            lines.append("        for (int64_t j = 0; j < jn; j++)")
+            epilogue("          ", "accs[r][j]", "(i + r)", "(j0 + j)", lines)
+            lines.append("    }")
+        else:
+            # dot form: both operands unit-stride (or strided) along k
+            lines.append("    for (int64_t j = 0; j < N; j++) {")
+            lines.append(f"      {ct} acc = 0;")
+            lines.append(f"      for (int64_t kk = 0; kk < K; kk++) acc += {A}[oa + i * {sam} + kk * {sak}] * "
+                         f"{B}[ob + kk * {sbk} + j * {sbn}];")
+            epilogue("      ", "acc", "i", "j", lines)
+            lines.append("    }")
+        lines.append("  }")
+        return "\n".join(lines) + "\n"
+
+
+def _prod(dims):
+    out = 1
+    for d in dims:
+        out = out * d
+    return out
+
+
+def _lowest(dt) -> str:
+    if dt.is_float:
+        return "(-INFINITY)"
+    return {"bool": "false", "u8": "0"}.get(dt.name, f"INT{dt.itemsize * 8}_MIN")
+
+
+def _highest(dt) -> str:
+    if dt.is_float:
+        return "INFINITY"
+    return {"bool": "true", "u8": "255"}.get(dt.name, f"INT{dt.itemsize * 8}_MAX")
+
+
+def workspace_layout(prog: Program):
+    """Byte offset (as C expression) of each temp; the total is the workspace size."""
+    offsets, cur = [], "0"
+    for t in prog.temps:
+        offsets.append(cur)
+        nbytes = f"({c_dim(t.numel)} * {t.dtype.itemsize})"
+        cur = f"({cur} + (({nbytes} + {ALIGN - 1}) / {ALIGN}) * {ALIGN})"
+    return offsets, cur
+
+
+def _c_buffer_name(b: Buffer) -> str:
+    return {"input": "in", "output": "out", "const": "c", "temp": "t"}[b.kind] + str(b.index)
+
+
+def generate(prog: Program) -> str:
+    """The C source for ``prog``."""
+    kp = KernelPrinter(prog.symbols)
+    calls = []
+    for k in prog.kernels:
+        fname, bufs = kp.kernel(k)
+        calls.append((fname, bufs, k))
+    offsets, total = workspace_layout(prog)
+    out = [PRELUDE]
+    for text, name in kp.funcs.items():
+        out.append(f"static void {name}{text}")
+    body = ["int ember_main(const int64_t *dims, void *const *in, void *const *out, "
+            "void *const *consts, char *ws) {"]
+    needed = set()
+    for _, bufs, _ in calls:
+        needed.update(bufs)
+    cname = _c_buffer_name
+    syms = [f"  const int64_t {c_sym(s)} = dims[{k}];" for k, s in enumerate(prog.symbols)]
+    body += syms
+    for b in prog.inputs:
+        if b in needed:
+            body.append(f"  {storage_type(b.dtype)} *{cname(b)} = in[{b.index}];  /* {b.name} */")
+    for b in prog.outputs:
+        body.append(f"  {storage_type(b.dtype)} *{cname(b)} = out[{b.index}];")
+    for b in prog.consts:
+        if b in needed:
+            body.append(f"  {storage_type(b.dtype)} *{cname(b)} = consts[{b.index}];  /* {b.name} */")
+    for b, off in zip(prog.temps, offsets):
+        body.append(f"  {storage_type(b.dtype)} *{cname(b)} = ({storage_type(b.dtype)} *)(ws + {off});")
+    for fname, bufs, k in calls:
+        args = ", ".join(cname(b) for b in bufs)
+        body.append(f"  {fname}(dims, {args});  /* {k.name} */")
+    body.append("  (void)dims; (void)in; (void)consts; (void)ws;")
+    body.append("  return 0;\n}")
+    out.append("\n".join(body))
+    ws = ["int64_t ember_workspace_size(const int64_t *dims) {"]
+    ws += syms
+    ws.append(f"  return {total};\n}}")
+    out.append("\n".join(ws))
+    out.append("int ember_abi_version(void) { return EMBER_ABI; }")
+    return "\n\n".join(out) + "\n"

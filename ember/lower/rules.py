@@ -1,0 +1,542 @@
+"""One lowering per graph op, registered in ``RULES`` (op name -> function).
+
+A rule takes the Lowerer, the node and the Refs of its inputs and returns the Ref of its
+result: a ``Lazy`` for pointwise work (fused into whoever consumes it), a ``View`` for data
+movement on buffers, or a stored ``View`` after emitting a reduction / matmul kernel.
+"""
+from __future__ import annotations
+
+import math
+
+from ..ir import dtypes
+from ..ir.ops.nn import _pair
+from ..ir.symbolic import Dim, prod
+from . import loop_ir as L
+from .loop_ir import Expr
+from .lowering import Lazy, Lowerer, View, contiguous_strides, out_vars
+
+RULES: dict = {}
+
+
+def rule(*names):
+    def deco(fn):
+        for n in names:
+            RULES[n] = fn
+        return fn
+    return deco
+
+
+def bcast(ref, out_shape):
+    """Loader of ``ref`` at an index of the (broadcast) ``out_shape``."""
+    lead = len(out_shape) - len(ref.shape)
+
+    def fn(index):
+        sub = index[lead:]
+        return ref.load([L.const(0, dtypes.i64) if d == 1 and o != 1 else i
+                         for i, d, o in zip(sub, ref.shape, out_shape[lead:])])
+    return fn
+
+
+def pointwise(node, refs, fn):
+    out = node.outputs[0]
+    loaders = [bcast(r, out.shape) for r in refs]
+    return Lazy(out.shape, out.dtype, lambda ix: fn(*[ld(ix) for ld in loaders]))
+
+
+# -- pointwise math
+
+def gelu_expr(x: Expr, approximate: str) -> Expr:
+    if approximate == "tanh":
+        inner = L.mul(math.sqrt(2 / math.pi), x + L.mul(0.044715, x * x * x))
+        return L.mul(0.5, x) * L.add(1.0, L.unary("tanh", inner))
+    return L.mul(0.5, x) * L.add(1.0, L.unary("erf", L.mul(1 / math.sqrt(2), x)))
+
+
+_SIMPLE_UNARY = {"neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "erf",
+                 "sigmoid", "relu", "sin", "cos", "floor", "ceil", "sign"}
+for _op in _SIMPLE_UNARY:
+    RULES[_op] = (lambda op: lambda lw, n, r: pointwise(n, r, lambda x: L.unary(op, x)))(_op)
+
+RULES["logical_not"] = lambda lw, n, r: pointwise(n, r, lambda x: L.unary("not", x))
+RULES["silu"] = lambda lw, n, r: pointwise(n, r, lambda x: x * L.unary("sigmoid", x))
+RULES["gelu"] = lambda lw, n, r: pointwise(n, r, lambda x: gelu_expr(x, n.attrs["approximate"]))
+RULES["cast"] = lambda lw, n, r: pointwise(n, r, lambda x: L.cast(x, n.attrs["dtype"]))
+
+
+@rule("clamp")
+def _clamp(lw, n, r):
+    def fn(x):
+        if n.attrs["min"] is not None:
+            x = L.binary("max", x, L.cast(L.const(n.attrs["min"], dtypes.f64), x.dtype))
+        if n.attrs["max"] is not None:
+            x = L.binary("min", x, L.cast(L.const(n.attrs["max"], dtypes.f64), x.dtype))
+        return x
+    return pointwise(n, r, fn)
+
+
+_BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow",
+           "maximum": "max", "minimum": "min", "mod": "mod", "eq": "eq", "ne": "ne",
+           "lt": "lt", "le": "le", "gt": "gt", "ge": "ge", "logical_and": "and",
+           "logical_or": "or", "logical_xor": "xor"}
+for _g, _l in _BINARY.items():
+    if _g == "div":
+        continue
+    RULES[_g] = (lambda op: lambda lw, n, r: pointwise(n, r, lambda a, b: L.binary(op, a, b)))(_l)
+
+
+@rule("div")
+def _div(lw, n, r):
+    # integer division is floor division in the IR's meaning
+    op = "div" if n.outputs[0].dtype.is_float else "floordiv"
+    return pointwise(n, r, lambda a, b: L.binary(op, a, b))
+
+
+RULES["where"] = lambda lw, n, r: pointwise(n, r, lambda c, a, b: L.where(c, a, b))
+
+
+# -- reductions
+
+_INIT_OP = {"sum": "sum", "mean": "sum", "max": "max", "min": "min", "prod": "prod"}
+
+
+def reduce_over(lw, x, axes, keepdims, op, value=None, post_fn=None, dtype=None):
+    """Reduce ``x`` over ``axes``; ``post_fn(acc, count)`` finishes (e.g. divides for mean)."""
+    rank = len(x.shape)
+    axes = sorted(a % rank for a in axes)
+    kept = [k for k in range(rank) if k not in axes]
+    out_shape = tuple(1 if k in axes else x.shape[k] for k in range(rank) if keepdims or k not in axes)
+    ov, rv = out_vars(len(out_shape)), out_vars(len(axes), "r")
+    index, oi = [], 0
+    for k in range(rank):
+        if k in axes:
+            index.append(rv[axes.index(k)])
+            if keepdims:
+                oi += 1
+        else:
+            index.append(ov[oi])
+            oi += 1
+    sizes = [x.shape[k] for k in axes]
+    body = x.load(index)
+    post = post_fn(L.var("acc", body.dtype if op != "argmax" else dtypes.i64), prod(sizes)) if post_fn else None
+    del kept
+    return lw.reduce(dtype or x.dtype, out_shape, sizes, body, op, post, value)
+
+
+def _count(n: Dim, like: Expr) -> Expr:
+    return L.cast(L.idx(n), like.dtype)
+
+
+@rule("sum", "mean", "max", "min", "prod")
+def _reduce(lw, n, r):
+    post = (lambda acc, cnt: acc / _count(cnt, acc)) if n.op == "mean" else None
+    return reduce_over(lw, r[0], n.attrs["axes"], n.attrs["keepdims"], _INIT_OP[n.op],
+                       n.outputs[0], post)
+
+
+@rule("argmax")
+def _argmax(lw, n, r):
+    return reduce_over(lw, r[0], [n.attrs["axis"]], n.attrs["keepdims"], "argmax",
+                       n.outputs[0], dtype=dtypes.i64)
+
+
+@rule("softmax", "log_softmax")
+def _softmax(lw, n, r):
+    x, ax = r[0], n.attrs["axis"] % len(r[0].shape)
+    m = reduce_over(lw, x, [ax], True, "max")
+    shifted = Lazy(x.shape, x.dtype, lambda ix: x.load(ix) - bcast(m, x.shape)(ix))
+    if n.op == "softmax":
+        s = reduce_over(lw, Lazy(x.shape, x.dtype, lambda ix: L.unary("exp", shifted.load(ix))),
+                        [ax], True, "sum")
+        return Lazy(x.shape, x.dtype,
+                    lambda ix: L.unary("exp", shifted.load(ix)) / bcast(s, x.shape)(ix))
+    s = reduce_over(lw, Lazy(x.shape, x.dtype, lambda ix: L.unary("exp", shifted.load(ix))),
+                    [ax], True, "sum", post_fn=lambda acc, cnt: L.unary("log", acc))
+    return Lazy(x.shape, x.dtype, lambda ix: shifted.load(ix) - bcast(s, x.shape)(ix))
+
+
+@rule("layer_norm")
+def _layer_norm(lw, n, r):
+    x, rank = r[0], len(r[0].shape)
+    ax = n.attrs["axis"] % rank
+    axes = list(range(ax, rank))
+    mean_post = lambda acc, cnt: acc / _count(cnt, acc)  # noqa: E731
+    mean = reduce_over(lw, x, axes, True, "sum", post_fn=mean_post)
+    centered = Lazy(x.shape, x.dtype, lambda ix: x.load(ix) - bcast(mean, x.shape)(ix))
+    var = reduce_over(lw, Lazy(x.shape, x.dtype, lambda ix: centered.load(ix) * centered.load(ix)),
+                      axes, True, "sum",
+                      post_fn=lambda acc, cnt: L.unary("rsqrt", acc / _count(cnt, acc) + n.attrs["eps"]))
+    params = [bcast(p, x.shape) for p in r[1:]]
+
+    def fn(ix):
+        y = centered.load(ix) * bcast(var, x.shape)(ix)
+        if len(params) > 0:
+            y = y * params[0](ix)
+        if len(params) > 1:
+            y = y + params[1](ix)
+        return y
+    return Lazy(x.shape, x.dtype, fn)
+
+
+# -- matmul family
+
+def _operand(lw: Lowerer, ref, batch_rank: int, inner_stride_pref: int | None = None):
+    """A View usable by the Matmul template, broadcasting its batch dims to ``batch_rank``."""
+    v = lw.as_view(ref)
+    lead = batch_rank - (len(v.shape) - 2)
+    strides = (0,) * lead + tuple(0 if d == 1 else s for d, s in zip(v.shape[:-2], v.strides[:-2]))
+    return v, L.Operand(v.buf, v.offset, strides + tuple(v.strides[-2:]))
+
+
+def _const_to_contig(lw: Lowerer, ref):
+    """Constant operands get a contiguous copy at compile time (weights are laid out once)."""
+    arr = lw.const_array(ref) if isinstance(ref, View) else None
+    if arr is not None and not ref.is_contiguous:
+        return lw.const(arr, ref.dtype, ref.buf.name + "_t")
+    return ref
+
+
+def emit_matmul(lw: Lowerer, a, b, out_shape, dtype, value=None, bias=None):
+    """out = a @ b for a: [..., M, K], b: [..., K, N] (ranks >= 2), bias over N.
+
+    ``value`` is the graph value stored, so that a graph output is written in place.
+    """
+    out_shape = tuple(out_shape)
+    batch = out_shape[:-2]
+    b = _const_to_contig(lw, b)
+    _, opa = _operand(lw, a, len(batch))
+    vb, opb = _operand(lw, b, len(batch))
+    if opb.strides[-1] != 1 and not (opa.strides[-1] == 1 and opb.strides[-2] == 1):
+        _, opb = _operand(lw, lw.store(vb), len(batch))  # neither form is unit-stride: copy
+    buf = lw.temp(dtype, out_shape, value)
+    epi = None
+    if bias is not None:
+        epi = L.var("acc", dtype) + bias.load([L.var(f"i{len(out_shape) - 1}")])
+    lw.prog.kernels.append(L.Matmul(lw._name("k"), buf, batch, a.shape[-2], b.shape[-1], a.shape[-1],
+                                    opa, opb, epi))
+    return View(buf, out_shape)
+
+
+def _reshape_ref(ref, shape):
+    return RULES["reshape"](None, _FakeNode("reshape", {"shape": tuple(shape)}), [ref])
+
+
+class _FakeNode:
+    def __init__(self, op, attrs):
+        self.op, self.attrs, self.outputs = op, attrs, []
+
+
+@rule("matmul")
+def _matmul(lw, n, r):
+    a, b = r
+    out = n.outputs[0]
+    if len(a.shape) >= 2 and len(b.shape) >= 2:
+        return emit_matmul(lw, a, b, out.shape, out.dtype, out)
+    # vectors: view as matrices, multiply, view back
+    a2 = _reshape_ref(a, (1,) + a.shape) if len(a.shape) == 1 else a
+    b2 = _reshape_ref(b, b.shape + (1,)) if len(b.shape) == 1 else b
+    batch = out.shape[:-1] if len(a.shape) > 1 else out.shape[:-1] if len(b.shape) > 1 else ()
+    full = tuple(batch[:max(len(a2.shape), len(b2.shape)) - 2]) + (a2.shape[-2], b2.shape[-1])
+    return _reshape_ref(emit_matmul(lw, a2, b2, full, out.dtype), out.shape)
+
+
+@rule("linear")
+def _linear(lw, n, r):
+    x, w = r[0], r[1]
+    bias = r[2] if len(r) > 2 else None
+    wt = RULES["permute"](lw, _FakeNode("permute", {"perm": (1, 0)}), [w])   # [K, N]
+    out = n.outputs[0]
+    if len(x.shape) == 2:
+        return emit_matmul(lw, x, wt, out.shape, out.dtype, out, bias)
+    # fold leading dims into M so that the weight is streamed once per row tile
+    m = prod(x.shape[:-1])
+    x2 = _reshape_ref(x, (m, x.shape[-1]))
+    res = emit_matmul(lw, x2, wt, (m, w.shape[0]), out.dtype, out, bias)
+    return _reshape_ref(res, out.shape)
+
+
+# -- convolution and pooling
+
+@rule("conv2d")
+def _conv2d(lw, n, r):
+    x, w = r[0], r[1]
+    bias = r[2] if len(r) > 2 else None
+    out = n.outputs[0]
+    (sh, sw), (ph, pw), (dh, dw) = (_pair(n.attrs[k]) for k in ("stride", "padding", "dilation"))
+    groups = n.attrs["groups"]
+    O, Cg, KH, KW = w.shape
+    H, W = x.shape[2], x.shape[3]
+    i0, i1, i2, i3 = out_vars(4)
+    rc, rh, rw = out_vars(3, "r")
+    og = O // groups
+    cin = (i1 // og) * Cg + rc if groups > 1 else rc
+    hh = i2 * sh + rh * dh - ph
+    ww = i3 * sw + rw * dw - pw
+    xv = lw.as_view(x)
+    inb = L.binary("and", L.binary("and", L.binary("ge", hh, 0), L.binary("lt", hh, L.idx(H))),
+                   L.binary("and", L.binary("ge", ww, 0), L.binary("lt", ww, L.idx(W))))
+    if ph == 0 and pw == 0:
+        inb = L.const(True, dtypes.bool_)
+    xi = xv.flat_index([i0, cin, hh, ww])
+    body = L.masked_load(xv.buf, xi, inb, 0.0) * w.load([i1, rc, rh, rw])
+    post = (L.var("acc", out.dtype) + bias.load([i1])) if bias is not None else None
+    return lw.reduce(out.dtype, out.shape, (Cg, KH, KW), body, "sum", post, out)
+
+
+def _window(n, x, kind):
+    (kh, kw), (sh, sw), (ph, pw) = (_pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
+    dh, dw = _pair(n.attrs.get("dilation", (1, 1)))
+    i0, i1, i2, i3 = out_vars(4)
+    rh, rw = out_vars(2, "r")
+    hh, ww = i2 * sh + rh * dh - ph, i3 * sw + rw * dw - pw
+    H, W = x.shape[2], x.shape[3]
+    inb = L.binary("and", L.binary("and", L.binary("ge", hh, 0), L.binary("lt", hh, L.idx(H))),
+                   L.binary("and", L.binary("ge", ww, 0), L.binary("lt", ww, L.idx(W))))
+    return (kh, kw), (sh, sw), (ph, pw), (i2, i3), (hh, ww), inb
+
+
+@rule("max_pool2d")
+def _max_pool(lw, n, r):
+    x, out = lw.as_view(r[0]), n.outputs[0]
+    (kh, kw), _, _, _, (hh, ww), inb = _window(n, x, "max")
+    i0, i1 = out_vars(2)
+    body = L.masked_load(x.buf, x.flat_index([i0, i1, hh, ww]), inb, -math.inf)
+    return lw.reduce(out.dtype, out.shape, (kh, kw), body, "max", None, out)
+
+
+@rule("avg_pool2d")
+def _avg_pool(lw, n, r):
+    x, out = lw.as_view(r[0]), n.outputs[0]
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow), (hh, ww), inb = _window(n, x, "avg")
+    i0, i1 = out_vars(2)
+    body = L.masked_load(x.buf, x.flat_index([i0, i1, hh, ww]), inb, 0.0)
+    H, W = L.idx(x.shape[2]), L.idx(x.shape[3])
+    h0, w0 = oh * sh - ph, ow * sw - pw
+    if n.attrs["count_include_pad"]:  # window clipped to the padded input
+        ch = L.binary("min", h0 + kh, H + ph) - h0
+        cw = L.binary("min", w0 + kw, W + pw) - w0
+    else:  # window clipped to the input
+        ch = L.binary("min", h0 + kh, H) - L.binary("max", h0, 0)
+        cw = L.binary("min", w0 + kw, W) - L.binary("max", w0, 0)
+    post = L.var("acc", out.dtype) / L.cast(ch * cw, out.dtype)
+    return lw.reduce(out.dtype, out.shape, (kh, kw), body, "sum", post, out)
+
+
+@rule("adaptive_avg_pool2d")
+def _adaptive(lw, n, r):
+    x, out = lw.as_view(r[0]), n.outputs[0]
+    OH, OW = n.attrs["output_size"]
+    H, W = x.shape[2], x.shape[3]
+    i0, i1, i2, i3 = out_vars(4)
+    rh, rw = out_vars(2, "r")
+
+    def bounds(i, size, osz):
+        return (i * L.idx(size)) // osz, (i * L.idx(size) + L.idx(size) + (osz - 1)) // osz
+    h0, h1 = bounds(i2, H, OH)
+    w0, w1 = bounds(i3, W, OW)
+    # the largest window is ceil(size/out)+1; lanes past a window's end are masked
+    kh = (H + OH - 1) // OH + 1 if isinstance(H, int) else H
+    kw = (W + OW - 1) // OW + 1 if isinstance(W, int) else W
+    if isinstance(H, int) and H % OH == 0:
+        kh = H // OH
+    if isinstance(W, int) and W % OW == 0:
+        kw = W // OW
+    hh, ww = h0 + rh, w0 + rw
+    inb = L.binary("and", L.binary("lt", hh, h1), L.binary("lt", ww, w1))
+    body = L.masked_load(x.buf, x.flat_index([i0, i1, hh, ww]), inb, 0.0)
+    post = L.var("acc", out.dtype) / L.cast((h1 - h0) * (w1 - w0), out.dtype)
+    return lw.reduce(out.dtype, out.shape, (kh, kw), body, "sum", post, out)
+
+
+@rule("batch_norm")
+def _batch_norm(lw, n, r):
+    x, mean, var, w, b = r
+    c = [lambda ix, p=p: p.load([ix[1]]) for p in (mean, var, w, b)]
+    eps = n.attrs["eps"]
+    return Lazy(x.shape, x.dtype, lambda ix: (x.load(ix) - c[0](ix)) * L.unary("rsqrt", c[1](ix) + eps)
+                * c[2](ix) + c[3](ix))
+
+
+# -- data movement
+
+def _reshape_groups(src, dst):
+    """Pair runs of source and target dims with equal products ([(src_dims, dst_dims)])."""
+    groups, i, j = [], 0, 0
+    while i < len(src) or j < len(dst):
+        si, dj = [i], [j]
+        if i >= len(src) or j >= len(dst):
+            si, dj = list(range(i, len(src))), list(range(j, len(dst)))
+            groups.append((si, dj))
+            break
+        ps, pd = src[i], dst[j]
+        i, j = i + 1, j + 1
+        while ps != pd:
+            if i < len(src) and (isinstance(ps, int) and isinstance(pd, int) and ps < pd
+                                 or j >= len(dst)):
+                ps, i = ps * src[i], i + 1
+                si.append(i - 1)
+            elif j < len(dst):
+                pd, j = pd * dst[j], j + 1
+                dj.append(j - 1)
+            elif i < len(src):
+                ps, i = ps * src[i], i + 1
+                si.append(i - 1)
+            else:
+                return None
+        groups.append((si, dj))
+    return groups
+
+
+@rule("reshape")
+def _reshape(lw, n, r):
+    x, shape = r[0], tuple(n.attrs["shape"])
+    groups = _reshape_groups(x.shape, shape)
+    if isinstance(x, View):
+        if x.is_contiguous:
+            return View(x.buf, shape, None, x.offset)
+        if groups is not None:
+            strides, ok = [0] * len(shape), True
+            for si, dj in groups:
+                real = [k for k in si if x.shape[k] != 1]
+                # a run of source dims merges when each stride is the next one's span
+                if any(x.strides[a] != x.strides[b] * x.shape[b] for a, b in zip(real, real[1:])):
+                    ok = False
+                    break
+                inner = x.strides[real[-1]] if real else 1
+                for d, s in zip(dj, contiguous_strides([shape[k] for k in dj])):
+                    strides[d] = s * inner
+            if ok:
+                return View(x.buf, shape, strides, x.offset)
+    groups = groups or [(list(range(len(x.shape))), list(range(len(shape))))]
+
+    def fn(ix):
+        src = [None] * len(x.shape)
+        for si, dj in groups:
+            flat = L.idx(0)
+            for d in dj:
+                flat = flat * L.idx(shape[d]) + ix[d]
+            for k in reversed(si):
+                src[k] = flat % L.idx(x.shape[k]) if k != si[0] else flat
+                flat = flat // L.idx(x.shape[k])
+        return x.load(src)
+    return Lazy(shape, x.dtype, fn)
+
+
+@rule("permute")
+def _permute(lw, n, r):
+    x, perm = r[0], n.attrs["perm"]
+    shape = tuple(x.shape[p] for p in perm)
+    if isinstance(x, View):
+        return View(x.buf, shape, tuple(x.strides[p] for p in perm), x.offset)
+    inv = [perm.index(k) for k in range(len(perm))]
+    return Lazy(shape, x.dtype, lambda ix: x.load([ix[inv[k]] for k in range(len(perm))]))
+
+
+@rule("expand")
+def _expand(lw, n, r):
+    x, shape = r[0], tuple(n.attrs["shape"])
+    lead = len(shape) - len(x.shape)
+    if isinstance(x, View):
+        strides = (0,) * lead + tuple(0 if d == 1 and o != 1 else s
+                                      for d, o, s in zip(x.shape, shape[lead:], x.strides))
+        return View(x.buf, shape, strides, x.offset)
+    return Lazy(shape, x.dtype, bcast(x, shape))
+
+
+@rule("slice")
+def _slice(lw, n, r):
+    x = r[0]
+    ax, start, step = n.attrs["axis"] % len(x.shape), n.attrs["start"], n.attrs["step"]
+    shape = n.outputs[0].shape
+    if isinstance(x, View):
+        strides = list(x.strides)
+        strides[ax] = x.strides[ax] * step
+        return View(x.buf, shape, strides, x.offset + start * x.strides[ax])
+    return Lazy(shape, x.dtype, lambda ix: x.load(
+        [i * step + L.idx(start) if k == ax else i for k, i in enumerate(ix)]))
+
+
+def _clamp_idx(i: Expr, size) -> Expr:
+    return L.binary("max", L.binary("min", i, L.idx(size) - 1), 0)
+
+
+@rule("concat")
+def _concat(lw, n, r):
+    out = n.outputs[0]
+    ax = n.attrs["axis"] % len(out.shape)
+
+    def fn(ix):
+        starts, s = [], L.idx(0)
+        for x in r:
+            starts.append(s)
+            s = s + L.idx(x.shape[ax])
+        val = None
+        for x, st in reversed(list(zip(r, starts))):
+            sub = [_clamp_idx(i - st, x.shape[ax]) if k == ax else i for k, i in enumerate(ix)]
+            v = x.load(sub)
+            val = v if val is None else L.where(L.binary("lt", ix[ax], st + L.idx(x.shape[ax])), v, val)
+        return val
+    return Lazy(out.shape, out.dtype, fn)
+
+
+@rule("pad")
+def _pad(lw, n, r):
+    x, pads, out = r[0], n.attrs["pads"], n.outputs[0]
+
+    def fn(ix):
+        sub, cond = [], L.const(True, dtypes.bool_)
+        for k, i in enumerate(ix):
+            j = i - pads[2 * k]
+            if pads[2 * k] > 0 or pads[2 * k + 1] > 0:
+                ok = L.binary("and", L.binary("ge", j, 0), L.binary("lt", j, L.idx(x.shape[k])))
+                cond = ok if cond.op == "const" else L.binary("and", cond, ok)
+                j = _clamp_idx(j, x.shape[k])
+            sub.append(j)
+        v = x.load(sub)
+        return L.where(cond, v, L.cast(L.const(n.attrs["value"], dtypes.f64), out.dtype))
+    return Lazy(out.shape, out.dtype, fn)
+
+
+def _index(e: Expr, size) -> Expr:
+    """An index read from a tensor: widened to i64, negatives wrap, clamped in bounds."""
+    e = L.cast(e, dtypes.i64)
+    e = L.where(L.binary("lt", e, 0), e + L.idx(size), e)
+    return _clamp_idx(e, size)
+
+
+@rule("embedding")
+def _embedding(lw, n, r):
+    w, ids = r
+    out = n.outputs[0]
+    k = len(ids.shape)
+    return Lazy(out.shape, out.dtype,
+                lambda ix: w.load([_index(ids.load(ix[:k]), w.shape[0]), ix[k]]))
+
+
+@rule("index_select")
+def _index_select(lw, n, r):
+    x, ids = r
+    ax, out = n.attrs["axis"] % len(x.shape), n.outputs[0]
+    return Lazy(out.shape, out.dtype, lambda ix: x.load(
+        [_index(ids.load([ix[ax]]), x.shape[ax]) if k == ax else i for k, i in enumerate(ix)]))
+
+
+@rule("gather")
+def _gather(lw, n, r):
+    x, ids = r
+    ax, out = n.attrs["axis"] % len(x.shape), n.outputs[0]
+    return Lazy(out.shape, out.dtype, lambda ix: x.load(
+        [_index(ids.load(ix), x.shape[ax]) if k == ax else i for k, i in enumerate(ix)]))
+
+
+@rule("arange")
+def _arange(lw, n, r):
+    out = n.outputs[0]
+    a = n.attrs
+    return Lazy(out.shape, out.dtype,
+                lambda ix: L.cast(L.idx(a["start"]) + ix[0] * a["step"], out.dtype))
+
+
+@rule("full")
+def _full(lw, n, r):
+    out = n.outputs[0]
+    return Lazy(out.shape, out.dtype, lambda ix: L.cast(L.const(n.attrs["value"], dtypes.f64), out.dtype))
