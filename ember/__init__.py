@@ -7,3 +7,8 @@ __version__ = "0.1.0"
 
 from .errors import (CompileError, CompilerNotFoundError, DTypeError, EmberError,  # noqa: F401
                      ExportError, InputError, IRError, ParseError, ShapeError, UnsupportedOpError)
+
+from .api import CompiledModel, InferenceEngine, compile  # noqa: E402,F401
+
+__all__ = ["CompiledModel", "EmberError", "InferenceEngine", "UnsupportedOpError", "compile",
+           "__version__"]

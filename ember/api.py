@@ -1,0 +1,167 @@
+"""The user's Python face: ``ember.compile``, ``CompiledModel``, ``InferenceEngine``."""
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+from . import progress
+from .backends.cpu.codegen import generate
+from .backends.cpu.toolchain import build
+from .errors import EmberError, InputError
+from .ir import Graph, verify
+from .lower.lowering import lower
+from .passes import default_pipeline
+from .runtime.executable import NativeModule, TensorSpec
+
+
+def _spec(v, name=None) -> TensorSpec:
+    return TensorSpec(name or v.name, v.dtype.name, [d if isinstance(d, int) else str(d) for d in v.shape])
+
+
+def _is_torch_module(m) -> bool:
+    return type(m).__module__.startswith("torch") or any(
+        c.__module__.startswith("torch.nn") for c in type(m).__mro__)
+
+
+def import_model(model, example_inputs=None, dynamic=None) -> Graph:
+    """Any supported model -> Ember graph (torch.nn.Module today; ONNX comes next)."""
+    if isinstance(model, Graph):
+        return model
+    if _is_torch_module(model):
+        if example_inputs is None:
+            raise InputError("compiling a PyTorch model needs example_inputs, e.g. "
+                             "ember.compile(model, (torch.randn(1, 10),))")
+        from .frontends.torch import from_torch
+        with progress.step("Exporting with torch.export"):
+            return from_torch(model, example_inputs, dynamic)
+    raise EmberError(f"cannot compile a {type(model).__name__}: pass a torch.nn.Module "
+                     f"(or an ember.ir.Graph)")
+
+
+class CompiledModel:
+    """A model compiled to native code. Call it like the original model.
+
+    >>> compiled = ember.compile(model, (x,))
+    >>> y = compiled(x)          # torch in -> torch out; numpy in -> numpy out
+    """
+
+    def __init__(self, graph: Graph, source: str, native: NativeModule, pass_report: str = ""):
+        self.graph, self.source, self.native = graph, source, native
+        self.pass_report = pass_report
+        self.input_names = [v.name for v in graph.inputs]
+        self.output_names = list(graph.output_names or [f"output{k}" for k in range(len(graph.outputs))])
+        self._out_spec = graph.meta.get("torch_out_spec")
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.native.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.native.outputs
+
+    def _gather(self, args, kwargs) -> list:
+        if len(args) > len(self.input_names):
+            raise InputError(f"model takes {len(self.input_names)} inputs "
+                             f"({', '.join(self.input_names)}), got {len(args)} positional")
+        vals = dict(zip(self.input_names, args))
+        for k, v in kwargs.items():
+            if k not in self.input_names:
+                raise InputError(f"unknown input {k!r}; inputs are {', '.join(self.input_names)}")
+            if k in vals:
+                raise InputError(f"input {k!r} given twice")
+            vals[k] = v
+        missing = [n for n in self.input_names if n not in vals]
+        if missing:
+            raise InputError(f"missing input(s) {', '.join(missing)}")
+        return [vals[n] for n in self.input_names]
+
+    def run_numpy(self, arrays) -> list[np.ndarray]:
+        return self.native.run(arrays)
+
+    def __call__(self, *args, **kwargs) -> Any:
+        vals = self._gather(args, kwargs)
+        torch_mode = any(type(v).__module__ == "torch" for v in vals)
+        arrays = [_to_numpy(v) for v in vals]
+        outs = self.native.run(arrays)
+        if torch_mode:
+            import torch
+            outs = [torch.from_numpy(o) for o in outs]
+            if self._out_spec is not None:
+                from torch.utils import _pytree
+                return _pytree.tree_unflatten(outs, self._out_spec)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def __repr__(self):
+        ins = ", ".join(f"{s.name}: {s.describe()}" for s in self.inputs)
+        outs = ", ".join(s.describe() for s in self.outputs)
+        return f"<ember.CompiledModel ({ins}) -> ({outs})>"
+
+
+def _to_numpy(v) -> np.ndarray:
+    if type(v).__module__ == "torch":
+        return v.detach().cpu().numpy() if v.requires_grad or v.device.type != "cpu" else v.numpy()
+    return np.asarray(v)
+
+
+def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_level: int = 2,
+            dump_after=()) -> CompiledModel:
+    """Compile ``model`` for this CPU.
+
+    >>> compiled = ember.compile(torch.nn.Linear(10, 1), (torch.randn(1, 10),),
+    ...                          dynamic={"input": {0: "batch"}})
+    """
+    if opt_level not in (0, 1, 2):
+        raise InputError(f"opt_level must be 0, 1 or 2, got {opt_level}")
+    graph = import_model(model, example_inputs, dynamic)
+    verify(graph)
+    pm = default_pipeline(opt_level, dump_after)
+    graph = pm.run(graph)
+    with progress.step("Generating code"):
+        prog = lower(graph)
+        source = generate(prog)
+    with progress.step("Compiling C"):
+        lib = build(source)
+    names = graph.output_names or [f"output{k}" for k in range(len(graph.outputs))]
+    native = NativeModule(lib, prog.symbols, [_spec(v) for v in graph.inputs],
+                          [_spec(v, n) for v, n in zip(graph.outputs, names)], prog.const_data,
+                          graph.sym_ranges)
+    return CompiledModel(graph, source, native, pm.report())
+
+
+def _signature(args) -> tuple:
+    return tuple((tuple(np.shape(a)), str(getattr(a, "dtype", type(a)))) for a in args)
+
+
+class InferenceEngine:
+    """The simple face: ``engine.run_inference(model, x)`` compiles on first use, then reuses.
+
+    Compiled models are cached per model object and input signature (shapes and dtypes).
+    """
+
+    def __init__(self, **compile_options):
+        self.compile_options = compile_options
+        self._cache: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self.compilations = 0
+
+    def get_compiled(self, model, *inputs) -> CompiledModel:
+        sig = _signature(inputs)
+        with self._lock:
+            per_model = self._cache.setdefault(model, {})
+            cm = per_model.get(sig)
+            if cm is None:
+                cm = compile(model, tuple(inputs), **self.compile_options)
+                per_model[sig] = cm
+                self.compilations += 1
+        return cm
+
+    def run_inference(self, model, *inputs):
+        """Run ``model`` on ``inputs`` with Ember; same result types as the model would give."""
+        return self.get_compiled(model, *inputs)(*inputs)
+
+
+__all__ = ["CompiledModel", "InferenceEngine", "compile"]
