@@ -175,7 +175,12 @@ def _parse_node(g, env, m, lineno, define):
     if len(types) != len(outs):
         raise ParseError(f"{len(outs)} results but {len(types)} types")
     source = _parse_str(m.group(6)) if m.group(6) else None
-    node = Node(opdef.name, ins, opdef.check_attrs(attrs), [], name=g.fresh_name(opdef.name), source=source)
+    attrs = opdef.check_attrs(attrs)
+    opdef.check_arity(len(ins))
+    for name, t, want in zip(outs, types, opdef.infer([i.type for i in ins], attrs)):
+        if t != want:
+            raise ParseError(f"%{name} is typed {t} but the op infers {want}")
+    node = Node(opdef.name, ins, attrs, [], name=g.fresh_name(opdef.name), source=source)
     for name, t in zip(outs, types):
         v = Value(name, t, "node", producer=node)
         node.outputs.append(v)

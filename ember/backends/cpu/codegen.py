@@ -379,10 +379,10 @@ class KernelPrinter:
         else:
             # dot form: both operands unit-stride (or strided) along k
             lines.append("    for (int64_t j = 0; j < N; j++) {")
-            lines.append(f"      {ct} acc = 0;")
-            lines.append(f"      for (int64_t kk = 0; kk < K; kk++) acc += {A}[oa + i * {sam} + kk * {sak}] * "
+            lines.append(f"      {ct} sum = 0;")
+            lines.append(f"      for (int64_t kk = 0; kk < K; kk++) sum += {A}[oa + i * {sam} + kk * {sak}] * "
                          f"{B}[ob + kk * {sbk} + j * {sbn}];")
-            epilogue("      ", "acc", "i", "j", lines)
+            epilogue("      ", "sum", "i", "j", lines)
             lines.append("    }")
         lines.append("  }")
         return "\n".join(lines) + "\n"

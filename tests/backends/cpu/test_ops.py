@@ -173,9 +173,10 @@ def test_matmul_symbolic_batched_and_transposed():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear(bias):
-    w = rand((5, 7))
-    extra = [w, rand((5,))] if bias else [w]
+@pytest.mark.parametrize("out_features", [1, 5])
+def test_linear(bias, out_features):
+    w = rand((out_features, 7))
+    extra = [w, rand((out_features,))] if bias else [w]
     g = graph_of("linear", [TensorType(F32, (N, 7))], extra=extra)
     check_against_reference(g, [[rand((n, 7))] for n in SIZES], rtol=1e-4, atol=1e-4)
     g = graph_of("linear", [TensorType(F32, (N, 3, 7))], extra=extra)
