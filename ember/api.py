@@ -83,28 +83,20 @@ class CompiledModel:
         return self.native.run(arrays)
 
     def __call__(self, *args, **kwargs) -> Any:
-        vals = self._gather(args, kwargs)
-        torch_mode = any(type(v).__module__ == "torch" for v in vals)
-        arrays = [_to_numpy(v) for v in vals]
-        outs = self.native.run(arrays)
-        if torch_mode:
-            import torch
-            outs = [torch.from_numpy(o) for o in outs]
-            if self._out_spec is not None:
+        vals = self._gather(args, kwargs) if kwargs or len(args) != len(self.input_names) else args
+        if any(type(v).__module__ == "torch" for v in vals):
+            outs = self.native.run_torch(vals)
+            if self._out_spec is not None and not self._out_spec.is_leaf():
                 from torch.utils import _pytree
                 return _pytree.tree_unflatten(outs, self._out_spec)
+        else:
+            outs = self.native.run(vals)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def __repr__(self):
         ins = ", ".join(f"{s.name}: {s.describe()}" for s in self.inputs)
         outs = ", ".join(s.describe() for s in self.outputs)
         return f"<ember.CompiledModel ({ins}) -> ({outs})>"
-
-
-def _to_numpy(v) -> np.ndarray:
-    if type(v).__module__ == "torch":
-        return v.detach().cpu().numpy() if v.requires_grad or v.device.type != "cpu" else v.numpy()
-    return np.asarray(v)
 
 
 def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_level: int = 2,

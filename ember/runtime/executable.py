@@ -7,6 +7,7 @@ model may be called from many threads at once; the GIL is released during the ca
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from dataclasses import dataclass
 
@@ -17,6 +18,11 @@ from ..ir import dtypes
 from ..ir.symbolic import SymExpr, evaluate, parse_dim
 
 _P = ctypes.c_void_p
+
+# OpenMP threads that spin for long after a parallel region steal the cores from everything
+# else in the process (another OpenMP runtime such as PyTorch's, or the next Python step).
+# A short spin keeps back-to-back kernels fast without that. Read once, when libgomp loads.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 
 @dataclass
@@ -34,7 +40,7 @@ class TensorSpec:
 
 class _ShapeState:
     """Everything that depends only on the input shapes, computed once per shape per thread."""
-    __slots__ = ("dims", "out_shapes", "ws", "ws_ptr")
+    __slots__ = ("dims", "out_shapes", "ws", "ws_ptr", "in_ptrs", "out_ptrs")
 
 
 class NativeModule:
@@ -58,6 +64,7 @@ class NativeModule:
         self.consts = [np.ascontiguousarray(c) for c in consts]
         self._const_ptrs = (_P * max(len(consts), 1))(*[c.ctypes.data for c in self.consts])
         self._local = threading.local()
+        self._torch_dtypes = self._torch_out = None
 
     # -- shapes
     def bind(self, shapes) -> dict[str, int]:
@@ -104,29 +111,81 @@ class NativeModule:
             nbytes = int(self._wsize(st.dims))
             st.ws = np.empty(nbytes + 64, dtype=np.uint8)
             st.ws_ptr = (st.ws.ctypes.data + 63) // 64 * 64
+            st.in_ptrs = (_P * max(len(self.inputs), 1))()
+            st.out_ptrs = (_P * max(len(self.outputs), 1))()
             if len(cache) >= 8:  # keep a few shapes per thread, not every one ever seen
                 cache.pop(next(iter(cache)))
             cache[shapes] = st
         return st
 
     # -- calling
-    def run(self, arrays) -> list[np.ndarray]:
-        """Run on numpy arrays (in input order); returns fresh numpy outputs."""
-        if len(arrays) != len(self.inputs):
-            names = ", ".join(s.name for s in self.inputs)
-            raise InputError(f"model takes {len(self.inputs)} inputs ({names}), got {len(arrays)}")
-        ins = []
-        for spec, want, a in zip(self.inputs, self._in_np, arrays):
-            a = np.asarray(a)
-            if a.dtype != want:
-                raise DTypeError(f"input {spec.name!r}: expected dtype {spec.dtype} "
-                                 f"({want}), got {a.dtype}; convert with .astype(np.{want})")
-            ins.append(np.ascontiguousarray(a))
-        st = self._state(tuple(a.shape for a in ins))
-        outs = [np.empty(s, dtype=dt) for s, dt in zip(st.out_shapes, self._out_np)]
-        in_ptrs = (_P * max(len(ins), 1))(*[a.ctypes.data for a in ins])
-        out_ptrs = (_P * max(len(outs), 1))(*[o.ctypes.data for o in outs])
-        rc = self._main(st.dims, in_ptrs, out_ptrs, self._const_ptrs, st.ws_ptr)
+    def _call(self, shapes, in_ptrs, alloc):
+        st = self._state(shapes)
+        outs = [alloc(shape, k) for k, shape in enumerate(st.out_shapes)]
+        ip, op = st.in_ptrs, st.out_ptrs
+        for k, p in enumerate(in_ptrs):
+            ip[k] = p
+        for k, o in enumerate(outs):
+            op[k] = o[1]
+        rc = self._main(st.dims, ip, op, self._const_ptrs, st.ws_ptr)
         if rc != 0:
             raise RuntimeError(f"native model returned error code {rc}")
-        return outs
+        return [o[0] for o in outs]
+
+    def _check_dtype(self, k, got, want) -> None:
+        if got != want:
+            spec = self.inputs[k]
+            raise DTypeError(f"input {spec.name!r}: expected dtype {spec.dtype} ({self._in_np[k]}), "
+                             f"got {got}; convert it first (numpy: .astype, torch: .to)")
+
+    def _count(self, n) -> None:
+        if n != len(self.inputs):
+            names = ", ".join(s.name for s in self.inputs)
+            raise InputError(f"model takes {len(self.inputs)} inputs ({names}), got {n}")
+
+    def run(self, arrays) -> list[np.ndarray]:
+        """Run on numpy arrays (in input order); returns fresh numpy outputs."""
+        self._count(len(arrays))
+        ins = []
+        for k, a in enumerate(arrays):
+            if type(a) is not np.ndarray:
+                a = np.asarray(a)
+            self._check_dtype(k, a.dtype, self._in_np[k])
+            if not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a)
+            ins.append(a)
+        out_np = self._out_np
+
+        def alloc(shape, k):
+            o = np.empty(shape, dtype=out_np[k])
+            return o, o.ctypes.data
+        return self._call(tuple(a.shape for a in ins), [a.ctypes.data for a in ins], alloc)
+
+    def run_torch(self, tensors) -> list:
+        """Run on CPU torch tensors without copies; returns torch tensors."""
+        import torch
+        if self._torch_dtypes is None:
+            self._torch_dtypes = [_torch_dtype(torch, d) for d in self._in_np]
+            self._torch_out = [_torch_dtype(torch, d) for d in self._out_np]
+        self._count(len(tensors))
+        ins = []
+        for k, t in enumerate(tensors):
+            if not isinstance(t, torch.Tensor):
+                t = torch.as_tensor(np.asarray(t))
+            self._check_dtype(k, t.dtype, self._torch_dtypes[k])
+            if t.device.type != "cpu":
+                t = t.cpu()
+            if not t.is_contiguous():
+                t = t.contiguous()
+            ins.append(t)
+        out_t = self._torch_out
+
+        def alloc(shape, k):
+            o = torch.empty(shape, dtype=out_t[k])
+            return o, o.data_ptr()
+        with torch.no_grad():
+            return self._call(tuple(tuple(t.shape) for t in ins), [t.data_ptr() for t in ins], alloc)
+
+
+def _torch_dtype(torch, np_dtype):
+    return torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
