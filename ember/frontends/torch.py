@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.utils._pytree as pytree
-from torch.export.graph_signature import InputKind, OutputKind
+from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
 
 from .. import errors
 from ..ir import dtypes
@@ -76,6 +76,16 @@ def source_of(node) -> str | None:
     code = code if len(code) <= 80 else code[:77] + "..."
     # a frame inside torch (nn.Linear's forward) says little alone: name the module too
     return f"{os.path.basename(file)}:{line} in {fn}: {code}" + ("" if user else mod)
+
+
+def add_const(g: Graph, data: np.ndarray, name: str, dt: dtypes.DType | None = None) -> Value:
+    """Graph.add_const, keeping 0-d data 0-d (np.ascontiguousarray there makes it 1-d)."""
+    if data.ndim:
+        return g.add_const(data, name, dt)
+    dt = dt or dtypes.from_numpy(data.dtype)
+    v = Value(g.fresh_name(name), TensorType(dt, ()), "const", data=np.array(data, dtype=dt.np))
+    g.constants.append(v)
+    return v
 
 
 def _ident(name: str) -> str:
@@ -162,7 +172,7 @@ class Importer:
         """A 0-d constant (Python scalars), shared between uses."""
         key = (dtype.name, repr(value))
         if key not in self._scalars:
-            self._scalars[key] = self.g.add_const(np.array(value, dtype=dtype.np), "c", dtype)
+            self._scalars[key] = add_const(self.g, np.array(value, dtype=dtype.np), "c", dtype)
         return self._scalars[key]
 
     def dim_tensor(self, d, dtype=dtypes.i64) -> Value:
@@ -227,6 +237,10 @@ class Importer:
             except (Unsupported, errors.EmberError) as e:
                 self.env[node] = _POISON
                 bad.append(self._report(name, e))
+            except Exception as e:  # a converter bug: still report every node, then fail clearly
+                self.env[node] = _POISON
+                bad.append(self._report(name, f"internal error in Ember's converter: "
+                                              f"{type(e).__name__}: {e}"))
         return bad
 
     def _report(self, op, reason=None) -> dict:
@@ -291,6 +305,7 @@ def _output_names(out_spec, n: int) -> list[str]:
 def _export(model, args, kwargs, dynamic):
     """torch.export + core ATen decompositions; torch's failures become ExportError."""
     dims: dict[str, Any] = {}
+    unbounded: set[str] = set()  # symbols the user gave no range for
     shapes = None
     if dynamic:
         try:
@@ -313,24 +328,56 @@ def _export(model, args, kwargs, dynamic):
                         f"{t.shape[axis]} in the example: torch.export specializes sizes 0 and 1 to "
                         f"constants. Use an example input with size >= 2 there; the compiled graph "
                         f"still accepts size 1 at run time.")
+                if lo is None and hi is None:
+                    unbounded.add(sname)
                 if sname not in dims:
                     dims[sname] = torch.export.Dim(sname, min=1 if lo is None else lo,
                                                    **({} if hi is None else {"max": hi}))
                 shapes[name][axis] = dims[sname]
         shapes = {k: shapes.get(k) for k, v in bound.items() if k in shapes or isinstance(v, torch.Tensor)}
     try:
-        ep = torch.export.export(model, tuple(args), dict(kwargs), dynamic_shapes=shapes)
-        return ep.run_decompositions()
+        for attempt in range(3):
+            try:
+                ep = torch.export.export(model, tuple(args), dict(kwargs), dynamic_shapes=shapes)
+                break
+            except torch._dynamo.exc.UserError as e:
+                # a dim declared without a range that the model bounds (BERT: seq <= 512
+                # position embeddings) takes the range torch suggests; explicit ranges stay errors
+                fixes = re.findall(r"^\s*(\w+) = Dim\('\w+',?(.*)\)$",
+                                   str(e).split("Suggested fixes:")[-1], re.M)
+                n_fix = len(re.findall(r"^\s*\w+ = ", str(e).split("Suggested fixes:")[-1], re.M))
+                if attempt == 2 or not fixes or len(fixes) != n_fix or \
+                        not all(n in unbounded for n, _ in fixes):
+                    raise
+                for n, rng in fixes:
+                    b = dict(re.findall(r"(min|max)=(\d+)", rng))
+                    dims[n] = torch.export.Dim(n, min=int(b.get("min", 1)),
+                                               **({"max": int(b["max"])} if "max" in b else {}))
+                shapes = {k: v and {a: dims[d.__name__] for a, d in v.items()} for k, v in shapes.items()}
     except Exception as e:
-        msg = str(e).strip()
-        hint = ("Make forward() traceable: no Python control flow on tensor values (use torch.where "
-                "or torch.cond), no .item()/.tolist(), no data-dependent shapes.")
-        if "Constraints violated" in msg or "specialized" in msg:
-            hint = ("A dim marked dynamic is forced to one size or range by the model; follow torch's "
-                    "suggested fix above (e.g. declare the range as (name, min, max)) or drop it "
-                    "from `dynamic`.")
-        raise errors.ExportError(f"torch.export failed for {type(model).__name__}: "
-                                 f"{type(e).__name__}: {msg[:2000]}\nHint: {hint}") from e
+        raise _export_error(model, e) from e
+    try:
+        return ep.run_decompositions()
+    except Exception:
+        # torch's re-trace can fail on graphs that export fine (GPT-2: a view of a transposed
+        # tensor); the undecomposed graph is still ATen, and the op table covers its common ops
+        return ep
+
+
+def _export_error(model, e: Exception) -> errors.ExportError:
+    """torch's message, plus what to change in the model or the call."""
+    msg = str(e).strip()
+    hint = ("Make forward() traceable: no Python control flow on tensor values (use torch.where "
+            "or torch.cond), no .item()/.tolist(), no data-dependent shapes.")
+    if "Cache" in msg and "not a known type" in msg:
+        hint = ("The model returns a KV cache object: export it with use_cache=False "
+                "(set model.config.use_cache = False or pass use_cache=False in the example kwargs).")
+    elif "Constraints violated" in msg or "specialized" in msg:
+        hint = ("A dim marked dynamic is forced to one size or range by the model; follow torch's "
+                "suggested fix above (e.g. declare the range as (name, min, max)) or drop it "
+                "from `dynamic`.")
+    return errors.ExportError(f"torch.export failed for {type(model).__name__}: "
+                              f"{type(e).__name__}: {msg[:2000]}\nHint: {hint}")
 
 
 def from_torch(model: torch.nn.Module, example_inputs, dynamic: dict | None = None) -> Graph:
@@ -356,7 +403,8 @@ def from_torch(model: torch.nn.Module, example_inputs, dynamic: dict | None = No
     model = model.eval()
     ep = _export(model, args, kwargs, dynamic)
 
-    g = Graph(_ident(type(model).__name__.lower()) or "main")
+    g = Graph("main")
+    g.meta["model_class"] = type(model).__qualname__
     user_specs = [s for s in ep.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
     names = _flat_input_names(model, ep.call_spec.in_spec)
     flat_examples = pytree.tree_leaves((args, kwargs))
@@ -387,8 +435,8 @@ def from_torch(model: torch.nn.Module, example_inputs, dynamic: dict | None = No
     for s, r in ep.range_constraints.items():
         if getattr(s, "name", None) in sym_names:
             lo, hi = r.lower, r.upper
-            lo = max(1, int(lo)) if lo.is_finite else 1
-            hi = int(hi) if hi.is_finite and int(hi) < INT_MAX else INT_MAX
+            lo = max(1, int(lo)) if getattr(lo, "is_Integer", False) else 1
+            hi = min(int(hi), INT_MAX) if getattr(hi, "is_Integer", False) else INT_MAX
             g.sym_ranges[sym_names[s.name]] = (lo, hi)
 
     bad: list[dict] = []
@@ -396,7 +444,7 @@ def from_torch(model: torch.nn.Module, example_inputs, dynamic: dict | None = No
     kwarg_inputs: list[str] = []
     for (name, is_kw), spec in zip(names, user_specs):
         node = nodes[spec.arg.name]
-        if hasattr(spec.arg, "value") and not hasattr(spec.arg, "as_tensor"):  # ConstantArgument
+        if isinstance(spec.arg, ConstantArgument):  # an int/bool/None argument torch baked in
             cx.env[node] = spec.arg.value
             continue
         val = node.meta.get("val")
@@ -431,7 +479,7 @@ def from_torch(model: torch.nn.Module, example_inputs, dynamic: dict | None = No
                 bad.append({"op": "constant", "node": spec.target, "source": None, "reason": str(e)})
                 continue
             data = (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
-            seen[key] = g.add_const(data, _ident(spec.target), dt)
+            seen[key] = add_const(g, data, _ident(spec.target), dt)
         cx.env[node] = seen[key]
 
     bad += cx.convert(CONVERTERS)
@@ -451,10 +499,10 @@ def from_torch(model: torch.nn.Module, example_inputs, dynamic: dict | None = No
                 bad.append({"op": "output", "node": str(arg), "source": None,
                             "reason": f"output {v!r} is not a tensor"})
                 continue
-            v = g.add_const(np.array(v), "output_const")
+            v = add_const(g, np.array(v), "output_const")
         outs.append(v)
     if bad:
-        raise errors.UnsupportedOpError(bad)
+        raise _unsupported(bad)
     g.outputs = outs
     g.output_names = _output_names(ep.call_spec.out_spec, len(outs))
     g.meta["torch_out_spec"] = ep.call_spec.out_spec
@@ -463,6 +511,15 @@ def from_torch(model: torch.nn.Module, example_inputs, dynamic: dict | None = No
     g.meta["kwarg_inputs"] = kwarg_inputs
     _dce(g)
     return g
+
+
+def _unsupported(bad: list[dict]) -> errors.UnsupportedOpError:
+    """The error listing every unsupported node, plus why for variants of known ops."""
+    e = errors.UnsupportedOpError(bad)
+    why = [f"  - {b['node']}: {b['reason']}" for b in bad if b.get("reason")]
+    if why:
+        e.args = (e.args[0] + "\nDetails:\n" + "\n".join(why),)
+    return e
 
 
 def _dce(g: Graph) -> None:
