@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -303,6 +304,15 @@ def _output_names(out_spec, n: int) -> list[str]:
 
 
 def _export(model, args, kwargs, dynamic):
+    # torch.export deep-copies pytree specs through a deprecated path; that warning is torch's
+    # own business and would otherwise greet the user at every compile
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
+                                category=FutureWarning)
+        return _export_quiet(model, args, kwargs, dynamic)
+
+
+def _export_quiet(model, args, kwargs, dynamic):
     """torch.export + core ATen decompositions; torch's failures become ExportError."""
     dims: dict[str, Any] = {}
     unbounded: set[str] = set()  # symbols the user gave no range for

@@ -118,7 +118,7 @@ class Graph:
     def add_const(self, data, name: str = "c", dtype: DType | None = None) -> Value:
         arr = np.asarray(data)
         dt = dtype or dtypes.from_numpy(arr.dtype)
-        arr = np.ascontiguousarray(arr.astype(dt.np, copy=False))
+        arr = np.require(arr.astype(dt.np, copy=False), requirements="C")  # keeps 0-d shape
         v = Value(self.fresh_name(name), TensorType(dt, tuple(arr.shape)), "const", data=arr)
         self.constants.append(v)
         return v

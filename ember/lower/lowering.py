@@ -94,7 +94,7 @@ class Lowerer:
 
     def const(self, data: np.ndarray, dtype=None, name: str = "c") -> View:
         dtype = dtype or dtypes.from_numpy(data.dtype)
-        data = np.ascontiguousarray(data.astype(dtype.np, copy=False))
+        data = np.require(data.astype(dtype.np, copy=False), requirements="C")
         b = Buffer(name, dtype, int(data.size), "const", len(self.prog.consts))
         self.prog.consts.append(b)
         self.prog.const_data.append(data)

@@ -152,7 +152,7 @@ class NativeModule:
                 a = np.asarray(a)
             self._check_dtype(k, a.dtype, self._in_np[k])
             if not a.flags.c_contiguous:
-                a = np.ascontiguousarray(a)
+                a = np.require(a, requirements="C")
             ins.append(a)
         out_np = self._out_np
 
