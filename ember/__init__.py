@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 from .errors import (CompileError, CompilerNotFoundError, DTypeError, EmberError,  # noqa: F401
                      ExportError, InputError, IRError, ParseError, ShapeError, UnsupportedOpError)
 
-from .api import CompiledModel, InferenceEngine, compile  # noqa: E402,F401
+from .api import CompiledModel, InferenceEngine, compile, load  # noqa: E402,F401
 
 __all__ = ["CompiledModel", "EmberError", "InferenceEngine", "UnsupportedOpError", "compile",
-           "__version__"]
+           "load", "__version__"]

@@ -1,6 +1,7 @@
 """The user's Python face: ``ember.compile``, ``CompiledModel``, ``InferenceEngine``."""
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from typing import Any
@@ -26,10 +27,26 @@ def _is_torch_module(m) -> bool:
         c.__module__.startswith("torch.nn") for c in type(m).__mro__)
 
 
+def _is_onnx(model) -> bool:
+    if isinstance(model, (str, os.PathLike)):
+        return str(model).endswith(".onnx")
+    return type(model).__name__ == "ModelProto" and type(model).__module__.startswith("onnx")
+
+
 def import_model(model, example_inputs=None, dynamic=None) -> Graph:
-    """Any supported model -> Ember graph (torch.nn.Module today; ONNX comes next)."""
+    """Any supported model -> Ember graph: a torch.nn.Module, an ONNX file or ModelProto."""
     if isinstance(model, Graph):
         return model
+    if _is_onnx(model):
+        try:
+            from .frontends.onnx import from_onnx
+        except ModuleNotFoundError as e:
+            if e.name == "onnx":
+                raise EmberError("importing ONNX models needs the onnx package: "
+                                 "pip install 'ember-ml[onnx]'") from None
+            raise EmberError("this build of Ember has no ONNX importer") from None
+        with progress.step("Importing ONNX"):
+            return from_onnx(model, dynamic)
     if _is_torch_module(model):
         if example_inputs is None:
             raise InputError("compiling a PyTorch model needs example_inputs, e.g. "
@@ -37,8 +54,8 @@ def import_model(model, example_inputs=None, dynamic=None) -> Graph:
         from .frontends.torch import from_torch
         with progress.step("Exporting with torch.export"):
             return from_torch(model, example_inputs, dynamic)
-    raise EmberError(f"cannot compile a {type(model).__name__}: pass a torch.nn.Module "
-                     f"(or an ember.ir.Graph)")
+    raise EmberError(f"cannot compile a {type(model).__name__}: pass a torch.nn.Module, "
+                     f"an ONNX file path or onnx.ModelProto, or an ember.ir.Graph")
 
 
 class CompiledModel:
@@ -93,6 +110,11 @@ class CompiledModel:
             outs = self.native.run(vals)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
+    def save(self, path) -> None:
+        """Write a standalone artifact that ``ember.load`` runs with numpy only."""
+        from .runtime.artifact import save_model
+        save_model(self, path)
+
     def __repr__(self):
         ins = ", ".join(f"{s.name}: {s.describe()}" for s in self.inputs)
         outs = ", ".join(s.describe() for s in self.outputs)
@@ -122,6 +144,15 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
                           [_spec(v, n) for v, n in zip(graph.outputs, names)], prog.const_data,
                           graph.sym_ranges)
     return CompiledModel(graph, source, native, pm.report())
+
+
+def load(path, rebuild: bool = False) -> CompiledModel:
+    """Load an artifact written by ``CompiledModel.save`` (needs numpy only).
+
+    >>> model = ember.load("model.ember"); y = model(x)
+    """
+    from .runtime.artifact import load_model
+    return load_model(path, rebuild=rebuild)
 
 
 def _signature(args) -> tuple:
@@ -156,4 +187,4 @@ class InferenceEngine:
         return self.get_compiled(model, *inputs)(*inputs)
 
 
-__all__ = ["CompiledModel", "InferenceEngine", "compile"]
+__all__ = ["CompiledModel", "InferenceEngine", "compile", "load"]

@@ -86,6 +86,23 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+# Commands that live next to the code they drive: each module has ``add_commands(subparsers)``
+# and sets ``fn`` on its parsers. A module not written yet is skipped.
+COMMAND_MODULES = ("ember.commands.compile", "ember.commands.serve", "ember.commands.onnx",
+                   "ember.commands.quant")
+
+
+def _add_plugin_commands(sub) -> None:
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        mod.add_commands(sub)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ember", description="Ember: compile PyTorch models to native code.")
     parser.add_argument("--version", action="version", version=f"ember {__version__}")
@@ -101,6 +118,7 @@ def main(argv=None) -> int:
     i.add_argument("-O", "--opt-level", type=int, default=2, choices=[0, 1, 2])
     i.add_argument("--c", action="store_true", help="also print the generated C")
     i.set_defaults(fn=cmd_inspect)
+    _add_plugin_commands(sub)
     args = parser.parse_args(argv)
     if not args.cmd:
         parser.print_help()

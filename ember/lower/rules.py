@@ -10,6 +10,7 @@ import math
 
 from ..ir import dtypes
 from ..ir.ops.nn import _pair
+from ..ir.ops.registry import broadcast_shapes
 from ..ir.symbolic import Dim, prod
 from . import loop_ir as L
 from .loop_ir import Expr
@@ -103,7 +104,6 @@ def reduce_over(lw, x, axes, keepdims, op, value=None, post_fn=None, dtype=None)
     """Reduce ``x`` over ``axes``; ``post_fn(acc, count)`` finishes (e.g. divides for mean)."""
     rank = len(x.shape)
     axes = sorted(a % rank for a in axes)
-    kept = [k for k in range(rank) if k not in axes]
     out_shape = tuple(1 if k in axes else x.shape[k] for k in range(rank) if keepdims or k not in axes)
     ov, rv = out_vars(len(out_shape)), out_vars(len(axes), "r")
     index, oi = [], 0
@@ -117,8 +117,7 @@ def reduce_over(lw, x, axes, keepdims, op, value=None, post_fn=None, dtype=None)
             oi += 1
     sizes = [x.shape[k] for k in axes]
     body = x.load(index)
-    post = post_fn(L.var("acc", body.dtype if op != "argmax" else dtypes.i64), prod(sizes)) if post_fn else None
-    del kept
+    post = post_fn(L.var("acc", body.dtype), prod(sizes)) if post_fn else None
     return lw.reduce(dtype or x.dtype, out_shape, sizes, body, op, post, value)
 
 
@@ -216,15 +215,6 @@ def emit_matmul(lw: Lowerer, a, b, out_shape, dtype, value=None, bias=None):
     return View(buf, out_shape)
 
 
-def _reshape_ref(ref, shape):
-    return RULES["reshape"](None, _FakeNode("reshape", {"shape": tuple(shape)}), [ref])
-
-
-class _FakeNode:
-    def __init__(self, op, attrs):
-        self.op, self.attrs, self.outputs = op, attrs, []
-
-
 @rule("matmul")
 def _matmul(lw, n, r):
     a, b = r
@@ -232,26 +222,25 @@ def _matmul(lw, n, r):
     if len(a.shape) >= 2 and len(b.shape) >= 2:
         return emit_matmul(lw, a, b, out.shape, out.dtype, out)
     # vectors: view as matrices, multiply, view back
-    a2 = _reshape_ref(a, (1,) + a.shape) if len(a.shape) == 1 else a
-    b2 = _reshape_ref(b, b.shape + (1,)) if len(b.shape) == 1 else b
-    batch = out.shape[:-1] if len(a.shape) > 1 else out.shape[:-1] if len(b.shape) > 1 else ()
-    full = tuple(batch[:max(len(a2.shape), len(b2.shape)) - 2]) + (a2.shape[-2], b2.shape[-1])
-    return _reshape_ref(emit_matmul(lw, a2, b2, full, out.dtype), out.shape)
+    a2 = reshape(a, (1,) + a.shape) if len(a.shape) == 1 else a
+    b2 = reshape(b, b.shape + (1,)) if len(b.shape) == 1 else b
+    full = broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1])
+    return reshape(emit_matmul(lw, a2, b2, full, out.dtype), out.shape)
 
 
 @rule("linear")
 def _linear(lw, n, r):
     x, w = r[0], r[1]
     bias = r[2] if len(r) > 2 else None
-    wt = RULES["permute"](lw, _FakeNode("permute", {"perm": (1, 0)}), [w])   # [K, N]
+    wt = permute(w, (1, 0))   # [K, N]
     out = n.outputs[0]
     if len(x.shape) == 2:
         return emit_matmul(lw, x, wt, out.shape, out.dtype, out, bias)
     # fold leading dims into M so that the weight is streamed once per row tile
     m = prod(x.shape[:-1])
-    x2 = _reshape_ref(x, (m, x.shape[-1]))
+    x2 = reshape(x, (m, x.shape[-1]))
     res = emit_matmul(lw, x2, wt, (m, w.shape[0]), out.dtype, out, bias)
-    return _reshape_ref(res, out.shape)
+    return reshape(res, out.shape)
 
 
 # -- convolution and pooling
@@ -386,9 +375,9 @@ def _reshape_groups(src, dst):
     return groups
 
 
-@rule("reshape")
-def _reshape(lw, n, r):
-    x, shape = r[0], tuple(n.attrs["shape"])
+def reshape(x, shape):
+    """``x`` viewed as ``shape``: new strides when the buffer allows it, else index math."""
+    shape = tuple(shape)
     groups = _reshape_groups(x.shape, shape)
     if isinstance(x, View):
         if x.is_contiguous:
@@ -421,14 +410,18 @@ def _reshape(lw, n, r):
     return Lazy(shape, x.dtype, fn)
 
 
-@rule("permute")
-def _permute(lw, n, r):
-    x, perm = r[0], n.attrs["perm"]
+RULES["reshape"] = lambda lw, n, r: reshape(r[0], n.attrs["shape"])
+
+
+def permute(x, perm):
     shape = tuple(x.shape[p] for p in perm)
     if isinstance(x, View):
         return View(x.buf, shape, tuple(x.strides[p] for p in perm), x.offset)
     inv = [perm.index(k) for k in range(len(perm))]
     return Lazy(shape, x.dtype, lambda ix: x.load([ix[inv[k]] for k in range(len(perm))]))
+
+
+RULES["permute"] = lambda lw, n, r: permute(r[0], n.attrs["perm"])
 
 
 @rule("expand")
@@ -540,3 +533,6 @@ def _arange(lw, n, r):
 def _full(lw, n, r):
     out = n.outputs[0]
     return Lazy(out.shape, out.dtype, lambda ix: L.cast(L.const(n.attrs["value"], dtypes.f64), out.dtype))
+
+
+from . import rules_extra  # noqa: E402,F401  (registers the lowerings of extra ops)

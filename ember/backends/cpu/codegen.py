@@ -16,7 +16,6 @@ import math
 from ...errors import EmberError
 from ...ir import dtypes
 from ...ir.symbolic import to_c as sym_to_c
-from ...lower import loop_ir as L
 from ...lower.loop_ir import Buffer, Expr, Loop, Matmul, Program
 
 ALIGN = 64           # bytes; workspace buffers start on cache-line boundaries
