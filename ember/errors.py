@@ -59,3 +59,9 @@ class CompileError(EmberError, RuntimeError):
 
 class ExportError(EmberError, RuntimeError):
     """The source framework could not export the model."""
+
+
+class ArtifactError(EmberError, RuntimeError):
+    """A saved model that cannot be used here: corrupted or changed files, another Ember
+    version, or a library built for CPU features this machine lacks. The message says which
+    and whether ``ember.load(path, rebuild=True)`` can fix it."""

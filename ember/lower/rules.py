@@ -194,10 +194,12 @@ def _const_to_contig(lw: Lowerer, ref):
     return ref
 
 
-def emit_matmul(lw: Lowerer, a, b, out_shape, dtype, value=None, bias=None):
-    """out = a @ b for a: [..., M, K], b: [..., K, N] (ranks >= 2), bias over N.
+def emit_matmul(lw: Lowerer, a, b, out_shape, dtype, value=None, epilogue=None):
+    """out = epilogue(a @ b) for a: [..., M, K], b: [..., K, N] (ranks >= 2).
 
-    ``value`` is the graph value stored, so that a graph output is written in place.
+    ``epilogue(acc, index)`` builds the expression applied to each accumulated element while
+    it is still in registers; ``value`` is the graph value stored, so that a graph output is
+    written in place.
     """
     out_shape = tuple(out_shape)
     batch = out_shape[:-2]
@@ -208,8 +210,8 @@ def emit_matmul(lw: Lowerer, a, b, out_shape, dtype, value=None, bias=None):
         _, opb = _operand(lw, lw.store(vb), len(batch))  # neither form is unit-stride: copy
     buf = lw.temp(dtype, out_shape, value)
     epi = None
-    if bias is not None:
-        epi = L.var("acc", dtype) + bias.load([L.var(f"i{len(out_shape) - 1}")])
+    if epilogue is not None:
+        epi = epilogue(L.var("acc", dtype), out_vars(len(out_shape)))
     lw.prog.kernels.append(L.Matmul(lw._name("k"), buf, batch, a.shape[-2], b.shape[-1], a.shape[-1],
                                     opa, opb, epi))
     return View(buf, out_shape)
@@ -234,13 +236,55 @@ def _linear(lw, n, r):
     bias = r[2] if len(r) > 2 else None
     wt = permute(w, (1, 0))   # [K, N]
     out = n.outputs[0]
+    epi = (lambda acc, ix: acc + bias.load([ix[-1]])) if bias is not None else None
     if len(x.shape) == 2:
-        return emit_matmul(lw, x, wt, out.shape, out.dtype, out, bias)
+        return emit_matmul(lw, x, wt, out.shape, out.dtype, out, epi)
     # fold leading dims into M so that the weight is streamed once per row tile
     m = prod(x.shape[:-1])
     x2 = reshape(x, (m, x.shape[-1]))
-    res = emit_matmul(lw, x2, wt, (m, w.shape[0]), out.dtype, out, bias)
+    res = emit_matmul(lw, x2, wt, (m, w.shape[0]), out.dtype, out, epi)
     return reshape(res, out.shape)
+
+
+@rule("attention")
+def _attention(lw, n, r):
+    q, k, v = r[:3]
+    mask = r[3] if len(r) > 3 else None
+    out, a = n.outputs[0], n.attrs
+    batch = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    sq, sk = q.shape[-2], k.shape[-2]
+    sshape = batch + (sq, sk)
+    kt = permute(k, tuple(range(len(k.shape) - 2)) + (len(k.shape) - 1, len(k.shape) - 2))
+
+    def scores_epilogue(acc, ix):
+        s = acc * a["scale"]
+        if mask is not None:
+            s = s + bcast(mask, sshape)(ix)
+        if a["causal"]:  # keys after the query's position (aligned at the end) are hidden
+            s = L.where(L.binary("gt", ix[-1], ix[-2] + (L.idx(sk) - L.idx(sq))), -math.inf, s)
+        return s
+    s = emit_matmul(lw, q, kt, sshape, out.dtype, epilogue=scores_epilogue)
+    m = reduce_over(lw, s, [-1], True, "max")
+    mb = bcast(m, sshape)
+    dead = lambda ix: L.binary("eq", mb(ix), -math.inf)  # noqa: E731  (a fully masked row)
+    shift = lambda ix: L.where(dead(ix), 0.0, mb(ix))  # noqa: E731
+    e = Lazy(sshape, out.dtype, lambda ix: L.unary("exp", s.load(ix) - shift(ix)))
+    total = bcast(reduce_over(lw, e, [-1], True, "sum"), sshape)
+
+    def probs(ix):
+        p = e.load(ix) / total(ix)
+        return L.where(dead(ix), 0.0, p) if a["safe"] else p
+    return emit_matmul(lw, Lazy(sshape, out.dtype, probs), v, out.shape, out.dtype, out)
+
+
+@rule("rms_norm")
+def _rms_norm(lw, n, r):
+    x, rank = r[0], len(r[0].shape)
+    axes = list(range(n.attrs["axis"] % rank, rank))
+    inv = reduce_over(lw, Lazy(x.shape, x.dtype, lambda ix: x.load(ix) * x.load(ix)), axes, True, "sum",
+                      post_fn=lambda acc, cnt: L.unary("rsqrt", acc / _count(cnt, acc) + n.attrs["eps"]))
+    w = bcast(r[1], x.shape) if len(r) > 1 else None
+    return Lazy(x.shape, x.dtype, lambda ix: x.load(ix) * bcast(inv, x.shape)(ix) * (w(ix) if w else 1.0))
 
 
 # -- convolution and pooling

@@ -208,3 +208,40 @@ def _adaptive_infer(ts, a):
 
 register("adaptive_avg_pool2d", _adaptive_infer, _adaptive_ref,
          attrs={"output_size": Attr("ints")}, category="nn")
+
+
+def _attention_infer(ts, a):
+    q, k, v = ts[:3]
+    same_dtype("attention", ts)
+    if min(q.rank, k.rank, v.rank) < 2 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise errors.ShapeError(f"attention: q [..., Sq, D], k [..., Sk, D], v [..., Sk, Dv] expected, got "
+                                f"{list(map(str, q.shape))}, {list(map(str, k.shape))}, {list(map(str, v.shape))}")
+    batch = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    if len(ts) == 4:
+        broadcast_shapes(ts[3].shape, batch + (q.shape[-2], k.shape[-2]))
+    return [TensorType(q.dtype, batch + (q.shape[-2], v.shape[-1]))]
+
+
+def attention_ref(q, k, v, mask=None, scale=1.0, causal=False, safe=True):
+    f = np.float64 if q.dtype == np.float64 else np.float32
+    s = np.matmul(q.astype(f), np.swapaxes(k.astype(f), -1, -2)) * f(scale)
+    if mask is not None:
+        s = s + mask.astype(f)
+    if causal:
+        sq, sk = s.shape[-2:]
+        s = np.where(np.tril(np.ones((sq, sk), bool), k=sk - sq), s, -np.inf)
+    m = np.max(s, axis=-1, keepdims=True)
+    dead = np.isneginf(m)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(s - np.where(dead, 0, m))
+        p = e / np.sum(e, axis=-1, keepdims=True)
+    if safe:
+        p = np.where(dead, 0, p)
+    return np.matmul(p, v.astype(f)).astype(q.dtype)
+
+
+register("attention", _attention_infer,
+         lambda xs, a: attention_ref(*xs, scale=a["scale"], causal=a["causal"], safe=a["safe"]),
+         attrs={"scale": Attr("float", 1.0), "causal": Attr("bool", False), "safe": Attr("bool", True)},
+         arity=(3, 4), category="nn",
+         doc="softmax(q @ k^T * scale + mask [causal]) @ v; safe: fully masked rows give 0")

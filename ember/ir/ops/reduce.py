@@ -107,3 +107,15 @@ register("layer_norm", _layer_norm_infer,
          lambda xs, a: layer_norm(*xs, axis=a["axis"], eps=a["eps"]),
          attrs={"axis": Attr("int", -1), "eps": Attr("float", 1e-5)}, arity=(1, 3),
          category="reduce", doc="layer_norm(x, [weight], [bias]) over dims axis..end")
+
+
+def rms_norm(x, w=None, axis=-1, eps=1e-6):
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    y = x / np.sqrt((x * x).mean(axis=axes, keepdims=True) + x.dtype.type(eps))
+    return (y * w if w is not None else y).astype(x.dtype)
+
+
+register("rms_norm", _layer_norm_infer,
+         lambda xs, a: rms_norm(*xs, axis=a["axis"], eps=a["eps"]),
+         attrs={"axis": Attr("int", -1), "eps": Attr("float", 1e-6)}, arity=(1, 2),
+         category="reduce", doc="rms_norm(x, [weight]) = x / sqrt(mean(x^2) + eps) * weight (Llama)")

@@ -252,3 +252,33 @@ def test_gathers_and_creation():
     g.outputs = [emb, sel, gat, ar, full]
     check_against_reference(g, [[rand((n, s), np.int64, 0, 10), rand((n, 5)), rand((n, 3), np.int64, 0, 4)]
                                 for n, s in [(1, 1), (3, 7), (2, 127)]])
+
+
+@pytest.mark.parametrize("causal,masked,safe", [(False, False, True), (True, False, True),
+                                                (False, True, True), (True, True, False)])
+def test_attention(causal, masked, safe):
+    S = sym("s")
+    g = Graph()
+    q = g.add_input("q", TensorType(F32, (N, 2, S, 8)))
+    k = g.add_input("k", TensorType(F32, (N, 2, S, 8)))
+    v = g.add_input("v", TensorType(F32, (N, 2, S, 5)))
+    ins = [q, k, v]
+    if masked:
+        ins.append(g.add_input("mask", TensorType(F32, (N, 1, 1, S))))
+    g.outputs = [g.op("attention", ins, {"scale": 0.35, "causal": causal, "safe": safe})]
+    sets = []
+    for n, s in [(1, 1), (3, 7), (2, 127)]:
+        xs = [rand((n, 2, s, 8)), rand((n, 2, s, 8)), rand((n, 2, s, 5))]
+        if masked:
+            m = np.where(rng.random((n, 1, 1, s)) < 0.3, -np.inf, 0).astype(np.float32)
+            m[..., 0] = 0  # causal rows always see key 0
+            if safe and n > 1:
+                m[1] = -np.inf  # a fully masked batch row: safe attention gives zeros
+            xs.append(m)
+        sets.append(xs)
+    check_against_reference(g, sets, rtol=1e-4, atol=1e-5)
+
+
+def test_rms_norm():
+    g = graph_of("rms_norm", [TensorType(F32, (N, 9))], {"eps": 1e-6}, extra=[rand((9,))])
+    check_against_reference(g, [[rand((n, 9))] for n in SIZES])

@@ -1,0 +1,85 @@
+"""Algebraic simplification and canonicalization, as rewrite rules (one line of intent each).
+
+x+0, x-0, x*1, x/1 -> x;  x/c -> x*(1/c);  neg(neg x) -> x;  no-op cast/expand/slice/reshape
+-> x;  reshape(reshape x) -> reshape x;  permute(permute x) -> one permute (or none);
+matmul(x, W) (+ b) with constant W -> linear(x, W^T, b), so the weight layout is chosen once.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .pattern import Const, Op, Var, apply_rules, scalar
+
+zero = scalar(lambda v: v == 0)
+one = scalar(lambda v: v == 1)
+
+
+def _keeps_type(m, name="x"):
+    """The operand already has the result's type (the constant did not broadcast it)."""
+    return m[name] if m[name].type == m.root.type else None
+
+
+def _reciprocal(g, m):
+    c = m["c"]
+    if not c.dtype.is_float or np.any(c.data == 0):
+        return None
+    return g.op("mul", [m["x"], g.add_const((1 / c.data.astype(np.float64)).astype(c.dtype.np),
+                                             name=f"{c.name}_inv", dtype=c.dtype)])
+
+
+def _fuse_permutes(g, m):
+    inner, outer = m.node("p").attrs["perm"], m.root.producer.attrs["perm"]
+    perm = tuple(inner[k] for k in outer)
+    if perm == tuple(range(len(perm))):
+        return m["x"]
+    return g.op("permute", [m["x"]], {"perm": perm})
+
+
+def _identity_perm(g, m):
+    perm = m.root.producer.attrs["perm"]
+    return m["x"] if perm == tuple(range(len(perm))) else None
+
+
+def _full_slice(g, m):
+    a = m.root.producer.attrs
+    return m["x"] if a["start"] == 0 and a["step"] == 1 and a["end"] == m["x"].shape[a["axis"]] else None
+
+
+def _matmul_to_linear(g, m):
+    w = m["w"]
+    if w.type.rank != 2 or m["x"].type.rank < 2 and m["x"].type.rank != 1:
+        return None
+    if m["x"].type.rank == 1:
+        return None
+    wt = g.add_const(np.ascontiguousarray(w.data.T), name=f"{w.name}_t", dtype=w.dtype)
+    args = [m["x"], wt]
+    if "b" in m:
+        b = m["b"]
+        if tuple(b.shape) not in ((w.shape[1],), (1, w.shape[1])):
+            return None
+        args.append(g.add_const(b.data.reshape(-1), name=b.name, dtype=b.dtype))
+    return g.op("linear", args)
+
+
+RULES = [
+    ("add-zero", Op("add", Var("x"), Const("c", zero)), _keeps_type),
+    ("sub-zero", Op("sub", Var("x"), Const("c", zero)), _keeps_type),
+    ("mul-one", Op("mul", Var("x"), Const("c", one)), _keeps_type),
+    ("div-one", Op("div", Var("x"), Const("c", one)), _keeps_type),
+    ("div-const", Op("div", Var("x"), Const("c")), _reciprocal),
+    ("neg-neg", Op("neg", Op("neg", Var("x"))), lambda g, m: m["x"]),
+    ("cast-noop", Op("cast", Var("x")), _keeps_type),
+    ("expand-noop", Op("expand", Var("x")), _keeps_type),
+    ("reshape-noop", Op("reshape", Var("x")), _keeps_type),
+    ("reshape-reshape", Op("reshape", Op("reshape", Var("x"))),
+     lambda g, m: g.op("reshape", [m["x"]], {"shape": m.root.shape})),
+    ("permute-permute", Op("permute", Op("permute", Var("x"), name="p")), _fuse_permutes),
+    ("permute-identity", Op("permute", Var("x")), _identity_perm),
+    ("slice-full", Op("slice", Var("x")), _full_slice),
+    ("matmul-add-to-linear", Op("add", Op("matmul", Var("x"), Const("w")), Const("b")), _matmul_to_linear),
+    ("matmul-to-linear", Op("matmul", Var("x"), Const("w")), _matmul_to_linear),
+]
+
+
+def simplify(g, log=None):
+    return apply_rules(g, RULES, log=log)
