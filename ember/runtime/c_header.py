@@ -16,8 +16,8 @@ _C_TYPES = {"f64": "double", "f32": "float", "f16": "uint16_t", "bf16": "uint16_
 
 _LOADER = r"""
 /* Read a weights.safetensors file whole and point consts[k] at constant k (the order
- * ember_main expects). Returns the buffer to free() when done, or NULL with errno-style
- * failure (missing file, short read, or a file that does not match this header). */
+ * ember_main expects). Returns the buffer to free() when done, or NULL on failure
+ * (missing file, short read, or a file that does not match this header). */
 static inline void *ember_load_weights(const char *path, void **consts) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
