@@ -12,7 +12,8 @@ from . import progress
 from .backends.cpu.codegen import generate
 from .backends.cpu.toolchain import build
 from .errors import EmberError, InputError
-from .ir import Graph, verify
+from .ir import Graph
+from .ir import verify as verify_graph
 from .lower.lowering import lower
 from .passes import default_pipeline
 from .runtime.executable import NativeModule, TensorSpec
@@ -36,7 +37,7 @@ def _is_onnx(model) -> bool:
 def import_model(model, example_inputs=None, dynamic=None) -> Graph:
     """Any supported model -> Ember graph: a torch.nn.Module, an ONNX file or ModelProto."""
     if isinstance(model, Graph):
-        return model
+        return model.clone()  # passes rewrite in place; the caller's graph stays as it was
     if _is_onnx(model):
         try:
             from .frontends.onnx import from_onnx
@@ -122,8 +123,12 @@ class CompiledModel:
 
 
 def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_level: int = 2,
-            dump_after=()) -> CompiledModel:
+            dump_after=(), verify: bool | None = None) -> CompiledModel:
     """Compile ``model`` for this CPU.
+
+    ``opt_level`` 0 runs no graph passes, 1 cleanups, 2 everything (the default).
+    ``verify=True`` (or ``EMBER_VERIFY=1``) checks every pass on the reference interpreter
+    and names the first one that changes the model's results.
 
     >>> compiled = ember.compile(torch.nn.Linear(10, 1), (torch.randn(1, 10),),
     ...                          dynamic={"input": {0: "batch"}})
@@ -131,8 +136,8 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
     if opt_level not in (0, 1, 2):
         raise InputError(f"opt_level must be 0, 1 or 2, got {opt_level}")
     graph = import_model(model, example_inputs, dynamic)
-    verify(graph)
-    pm = default_pipeline(opt_level, dump_after)
+    verify_graph(graph)
+    pm = default_pipeline(opt_level, dump_after, verify, _numpy_inputs(example_inputs, graph))
     graph = pm.run(graph)
     with progress.step("Generating code"):
         prog = lower(graph)
@@ -153,6 +158,20 @@ def load(path, rebuild: bool = False) -> CompiledModel:
     """
     from .runtime.artifact import load_model
     return load_model(path, rebuild=rebuild)
+
+
+def _numpy_inputs(example_inputs, graph) -> list | None:
+    """Example inputs as numpy arrays in graph-input order, when they line up with the graph."""
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, dict):
+        vals = [example_inputs.get(v.name) for v in graph.inputs]
+    else:
+        vals = list(example_inputs) if isinstance(example_inputs, (tuple, list)) else [example_inputs]
+    tensors = [v for v in vals if hasattr(v, "shape")]
+    if len(tensors) != len(graph.inputs):
+        return None
+    return [np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for v in tensors]
 
 
 def _signature(args) -> tuple:

@@ -65,3 +65,11 @@ class ArtifactError(EmberError, RuntimeError):
     """A saved model that cannot be used here: corrupted or changed files, another Ember
     version, or a library built for CPU features this machine lacks. The message says which
     and whether ``ember.load(path, rebuild=True)`` can fix it."""
+
+
+class OnnxError(EmberError, ValueError):
+    """An ONNX model that cannot be read or is malformed (truncated, cyclic, dangling names)."""
+
+
+class VerificationError(EmberError, AssertionError):
+    """A pass changed what the graph computes (found by verify mode); names the pass."""

@@ -13,10 +13,14 @@ def tolerance(dtype) -> tuple[float, float]:
     return {"float16": (2e-3, 2e-3), "float64": (1e-10, 1e-10)}.get(np.dtype(dtype).name, (1e-5, 1e-5))
 
 
-def check_against_reference(graph, input_sets, rtol=None, atol=None, compiled=None):
-    """Compile ``graph`` once and compare it with the interpreter on every input set."""
+def check_against_reference(graph, input_sets, rtol=None, atol=None, compiled=None, opt_level=0):
+    """Compile ``graph`` once and compare it with the interpreter on every input set.
+
+    ``opt_level=0`` (the default here) compiles the graph as written, so each op's own
+    kernel is what gets checked; pass 2 to check the optimized pipeline too.
+    """
     from .api import compile as ember_compile
-    compiled = compiled or ember_compile(graph)
+    compiled = compiled or ember_compile(graph, opt_level=opt_level)
     for inputs in input_sets:
         want = interpret(graph, inputs)
         got = compiled.run_numpy(inputs)

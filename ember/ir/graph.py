@@ -173,6 +173,29 @@ class Graph:
         from .printer import print_graph
         return print_graph(self)
 
+    def clone(self) -> "Graph":
+        """A structurally independent copy (constant data is shared, it is never mutated)."""
+        g = Graph(self.name)
+        g.output_names = list(self.output_names) if self.output_names is not None else None
+        g.sym_ranges, g.meta = dict(self.sym_ranges), dict(self.meta)
+        g._names = set(self._names)
+        g._counter = itertools.count(next(self._counter) + 1)
+        new: dict[int, Value] = {}
+        for v in self.inputs:
+            new[id(v)] = Value(v.name, v.type, "input")
+            g.inputs.append(new[id(v)])
+        for c in self.constants:
+            new[id(c)] = Value(c.name, c.type, "const", data=c.data)
+            g.constants.append(new[id(c)])
+        for n in self.nodes:
+            m = Node(n.op, [new[id(i)] for i in n.inputs], n.attrs, [], name=n.name, source=n.source)
+            for o in n.outputs:
+                new[id(o)] = Value(o.name, o.type, "node", producer=m)
+                m.outputs.append(new[id(o)])
+            g.nodes.append(m)
+        g.outputs = [new[id(o)] for o in self.outputs]
+        return g
+
     def stats(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for n in self.nodes:

@@ -14,9 +14,9 @@ zero = scalar(lambda v: v == 0)
 one = scalar(lambda v: v == 1)
 
 
-def _keeps_type(m, name="x"):
-    """The operand already has the result's type (the constant did not broadcast it)."""
-    return m[name] if m[name].type == m.root.type else None
+def _keeps_type(g, m):
+    """x, when it already has the result's type (the constant did not broadcast or cast it)."""
+    return m["x"] if m["x"].type == m.root.type else None
 
 
 def _reciprocal(g, m):
