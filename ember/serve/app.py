@@ -13,7 +13,6 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -22,6 +21,7 @@ from ..errors import EmberError
 from . import protocol
 from .batching import BatchConfig, Batcher, QueueFull
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .model import ModelFront
 from .protocol import RequestError
 
 
@@ -31,51 +31,12 @@ class ServeConfig:
     max_request_bytes: int = 64 * 1024 * 1024
 
 
-class ServedModel:
-    """A compiled model behind a name: checks requests against its inputs, queues them."""
+class ServedModel(ModelFront):
+    """A model behind a name with its batching queue."""
 
     def __init__(self, name: str, model, config: ServeConfig, metrics: Metrics):
-        self.name, self.model = name, model
-        self.inputs, self.outputs = list(model.inputs), list(model.outputs)
-        self._np = {s.name: protocol.V2_NP[protocol.TO_V2[s.dtype]] for s in self.inputs}
+        super().__init__(name, model)
         self.batcher = Batcher(name, model, config.batch, metrics)
-        self.metadata = protocol.model_metadata(name, self.inputs, self.outputs)
-
-    def arrays(self, req: protocol.InferRequest) -> list[np.ndarray]:
-        """Inputs in the model's order, checked for names, dtypes and shapes (400 otherwise)."""
-        names = [s.name for s in self.inputs]
-        unknown = [n for n in req.inputs if n not in names]
-        if unknown:
-            raise RequestError(f"model {self.name!r} has no input {unknown[0]!r}; its inputs are "
-                               f"{', '.join(names)}")
-        missing = [n for n in names if n not in req.inputs]
-        if missing:
-            raise RequestError(f"missing input {missing[0]!r} for model {self.name!r}")
-        arrays = []
-        for s in self.inputs:
-            a = req.inputs[s.name]
-            if a.dtype != self._np[s.name]:
-                raise RequestError(f"input {s.name!r}: expected datatype {protocol.TO_V2[s.dtype]}, "
-                                   f"got {protocol.TO_V2.get(_dtype_name(a.dtype), a.dtype.name)}")
-            arrays.append(a)
-        try:
-            self.model.native.bind([a.shape for a in arrays])
-        except EmberError as e:
-            raise RequestError(str(e)) from None
-        if req.outputs is not None:
-            out_names = [s.name for s in self.outputs]
-            for n in req.outputs:
-                if n not in out_names:
-                    raise RequestError(f"model {self.name!r} has no output {n!r}; its outputs are "
-                                       f"{', '.join(out_names)}")
-        return arrays
-
-
-def _dtype_name(dt) -> str:
-    try:
-        return protocol._ember_name(dt)
-    except KeyError:
-        return dt.name
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -178,9 +139,7 @@ def create_app(models: dict, config: ServeConfig | None = None) -> FastAPI:
                 outs = await model.batcher.submit(arrays)
             except QueueFull as e:
                 raise RequestError(str(e), 503) from None
-            pairs = [(s.name, o) for s, o in zip(model.outputs, outs)
-                     if req.outputs is None or s.name in req.outputs]
-            content, headers = protocol.encode_infer(name, req, pairs)
+            content, headers = protocol.encode_infer(name, req, model.outputs_for(req, outs))
             status = 200
             return Response(content, headers=headers, media_type=headers["content-type"])
         except RequestError as e:

@@ -48,6 +48,24 @@ def batch_symbol(inputs, outputs, sym_ranges=None) -> tuple[str | None, int | No
     return name, hi
 
 
+def run_batch(model, requests: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """One model call for several requests whose inputs agree except in the batch dim.
+
+    >>> ys = run_batch(model, [[x1], [x2]])   # == [model.run_numpy([x1]), model.run_numpy([x2])]
+    """
+    if len(requests) == 1:
+        return [model.run_numpy(requests[0])]
+    cat = [np.concatenate(parts, axis=0) for parts in zip(*requests)]
+    cuts = np.cumsum([r[0].shape[0] for r in requests])[:-1]
+    per_out = [np.split(o, cuts, axis=0) for o in model.run_numpy(cat)]
+    return [list(parts) for parts in zip(*per_out)]
+
+
+def batch_key(arrays: list[np.ndarray]) -> tuple:
+    """What must agree between requests that share a call: trailing shapes and dtypes."""
+    return tuple((a.shape[1:], a.dtype.str) for a in arrays)
+
+
 @dataclass
 class _Item:
     arrays: list[np.ndarray]
@@ -87,7 +105,7 @@ class Batcher:
     async def submit(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         fut = asyncio.get_running_loop().create_future()
         rows = arrays[0].shape[0] if self.batchable else 1
-        key = tuple((a.shape[1:], a.dtype.str) for a in arrays) if self.batchable else ()
+        key = batch_key(arrays) if self.batchable else ()
         try:
             self._queue.put_nowait(_Item(arrays, rows, fut, key))
         except asyncio.QueueFull:
@@ -161,14 +179,7 @@ class Batcher:
     def _call(self, items: list[_Item]) -> list[list[np.ndarray]]:
         """One native call for ``items`` (in the worker thread); outputs split per item."""
         t0 = time.perf_counter()
-        if len(items) == 1:
-            outs = [self.model.run_numpy(items[0].arrays)]
-        else:
-            cat = [np.concatenate(parts, axis=0) for parts in zip(*(i.arrays for i in items))]
-            full = self.model.run_numpy(cat)
-            cuts = np.cumsum([i.rows for i in items])[:-1]
-            per_out = [np.split(o, cuts, axis=0) for o in full]
-            outs = [list(parts) for parts in zip(*per_out)]
+        outs = run_batch(self.model, [i.arrays for i in items])
         self.calls += 1
         if self.metrics is not None:
             self.metrics.inference.labels(self.name).observe(time.perf_counter() - t0)
