@@ -306,6 +306,24 @@ CONVERTERS["aten.max.default"] = _reduce("max")
 CONVERTERS["aten.min.default"] = _reduce("min")
 
 
+@conv("aten.cumsum.default")
+def _cumsum(cx, x, dim, dtype=None):
+    return cx.op("cumsum", [cx.cast(x, cx.out_dtype())], {"axis": _axis(dim, _rank(x))})
+
+
+@conv("aten.diff.default")
+def _diff(cx, x, n=1, dim=-1, prepend=None, append=None):
+    ax = _axis(dim, _rank(x))
+    parts = [p for p in (prepend, x, append) if p is not None]
+    x = cx.op("concat", parts, {"axis": ax}) if len(parts) > 1 else x
+    for _ in range(n):  # each order drops one element: x[1:] - x[:-1]
+        length = x.shape[ax]
+        hi = cx.op("slice", [x], {"axis": ax, "start": 1, "end": length, "step": 1})
+        lo = cx.op("slice", [x], {"axis": ax, "start": 0, "end": length - 1, "step": 1})
+        x = cx.op("sub", [hi, lo]) if x.dtype is not dtypes.bool_ else cx.op("logical_xor", [hi, lo])
+    return x
+
+
 @conv("aten.max.dim", "aten.min.dim")
 def _max_dim(cx, x, dim, keepdim=False):
     is_max = cx.node.target.__name__.startswith("max")

@@ -132,6 +132,18 @@ def _reduce(lw, n, r):
                        n.outputs[0], post)
 
 
+@rule("cumsum")
+def _cumsum(lw, n, r):
+    # out[..., i, ...] = sum over j <= i: a masked reduction, quadratic in the axis length,
+    # which suits the short axes it meets in models (sequence positions, mask offsets)
+    x, out = r[0], n.outputs[0]
+    ax, rank = n.attrs["axis"] % len(x.shape), len(x.shape)
+    ov, rj = out_vars(rank), L.var("r0")
+    src = [rj if k == ax else v for k, v in enumerate(ov)]
+    body = L.where(L.binary("le", rj, ov[ax]), x.load(src), 0)
+    return lw.reduce(out.dtype, out.shape, (x.shape[ax],), body, "sum", None, out)
+
+
 @rule("argmax")
 def _argmax(lw, n, r):
     return reduce_over(lw, r[0], [n.attrs["axis"]], n.attrs["keepdims"], "argmax",

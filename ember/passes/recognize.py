@@ -25,7 +25,8 @@ def _tail_axes(v, axes) -> int | None:
 
 
 def _scalar_value(c) -> float:
-    return float(c.data.reshape(-1)[0])
+    # str() of a numpy scalar is its shortest round-trip form: f32 1e-5 stays 1e-05
+    return float(str(c.data.reshape(-1)[0]))
 
 
 def _is_scalar_const(v) -> bool:
@@ -41,13 +42,25 @@ def _drop_expand(g, m):
 
 
 def _unmerge_batch(g, m):
-    a, b = m["a"], m["b"]
-    ra, rb = m.node("ra").outputs[0], m.node("rb").outputs[0]
-    if a.type.rank < 3 or a.shape[:-2] != b.shape[:-2] or a.shape[-2:] != ra.shape[-2:] \
-            or b.shape[-2:] != rb.shape[-2:] or ra.type.rank != 3 or rb.type.rank != 3:
+    """reshape(matmul(A', B')) -> matmul(A, B) when the reshapes only merge/split batch dims."""
+    mm = m.node("mm")
+    out = m.root
+    if out.type.rank < 3 or mm.outputs[0].type.rank != 3 or out.shape[-2:] != mm.outputs[0].shape[-2:]:
         return None
-    new = g.op("matmul", [a, b])
-    return new if new.type == m.root.type else None
+    batch = tuple(out.shape[:-2])
+    args = []
+    for v in mm.inputs:
+        n = v.producer
+        if n is not None and n.op == "reshape" and n.inputs[0].shape[:-2] == batch and \
+                n.inputs[0].shape[-2:] == v.shape[-2:]:
+            args.append(n.inputs[0])  # undo the merge
+        else:
+            args.append(g.op("reshape", [v], {"shape": batch + tuple(v.shape[-2:])}))
+    if all(a.producer is not None and a.producer.op == "reshape" and a.producer.inputs[0] in mm.inputs
+           for a in args):
+        return None  # nothing to gain: no merge was undone
+    new = g.op("matmul", args)
+    return new if new.type == out.type else None
 
 
 def _hoist_scales(g, m):
@@ -244,8 +257,7 @@ X = Var("x")
 _variance = Op("mean", Op("mul", Var("d"), Var("d")), name="var")
 RULES = [
     ("matmul-drop-expand", Op("matmul", Var("a"), Op("expand", Var("b"))), _drop_expand),
-    ("matmul-unmerge-batch", Op("reshape", Op("matmul", Op("reshape", Var("a"), name="ra"),
-                                             Op("reshape", Var("b"), name="rb"))), _unmerge_batch),
+    ("matmul-unmerge-batch", Op("reshape", Op("matmul", Var("a"), Var("b"), name="mm")), _unmerge_batch),
     ("matmul-hoist-scale", Op("matmul", Var("a"), Var("b")), _hoist_scales),
     ("attention", Op("matmul", Var("p"), Var("v")), _attention),
     ("gelu", Op("mul", Var("a"), Var("b")), _gelu),

@@ -2,7 +2,8 @@
 
 x+0, x-0, x*1, x/1 -> x;  x/c -> x*(1/c);  neg(neg x) -> x;  no-op cast/expand/slice/reshape
 -> x;  reshape(reshape x) -> reshape x;  permute(permute x) -> one permute (or none);
-matmul(x, W) (+ b) with constant W -> linear(x, W^T, b), so the weight layout is chosen once.
+matmul(x, W) with constant W -> linear(x, W^T); linear + bias -> linear with bias, so the
+weight layout is chosen once and the bias rides in the GEMM epilogue.
 """
 from __future__ import annotations
 
@@ -47,18 +48,19 @@ def _full_slice(g, m):
 
 def _matmul_to_linear(g, m):
     w = m["w"]
-    if w.type.rank != 2 or m["x"].type.rank < 2 and m["x"].type.rank != 1:
-        return None
-    if m["x"].type.rank == 1:
+    if w.type.rank != 2 or m["x"].type.rank < 2:
         return None
     wt = g.add_const(np.ascontiguousarray(w.data.T), name=f"{w.name}_t", dtype=w.dtype)
-    args = [m["x"], wt]
-    if "b" in m:
-        b = m["b"]
-        if tuple(b.shape) not in ((w.shape[1],), (1, w.shape[1])):
-            return None
-        args.append(g.add_const(b.data.reshape(-1), name=b.name, dtype=b.dtype))
-    return g.op("linear", args)
+    return g.op("linear", [m["x"], wt])
+
+
+def _linear_bias(g, m):
+    n, b = m.node("y"), m["b"]
+    if n.op != "linear" or len(n.inputs) != 2 or b.data.size != n.inputs[1].shape[0] \
+            or b.type.rank > 1 and any(d != 1 for d in b.shape[:-1]):
+        return None
+    return g.op("linear", [n.inputs[0], n.inputs[1], g.add_const(b.data.reshape(-1), b.name, b.dtype)],
+                source=n.source)
 
 
 RULES = [
@@ -76,8 +78,8 @@ RULES = [
     ("permute-permute", Op("permute", Op("permute", Var("x"), name="p")), _fuse_permutes),
     ("permute-identity", Op("permute", Var("x")), _identity_perm),
     ("slice-full", Op("slice", Var("x")), _full_slice),
-    ("matmul-add-to-linear", Op("add", Op("matmul", Var("x"), Const("w")), Const("b")), _matmul_to_linear),
     ("matmul-to-linear", Op("matmul", Var("x"), Const("w")), _matmul_to_linear),
+    ("linear-add-bias", Op("add", Op("linear", Var("x"), Var("w"), name="y"), Const("b")), _linear_bias),
 ]
 
 

@@ -119,3 +119,15 @@ register("rms_norm", _layer_norm_infer,
          lambda xs, a: rms_norm(*xs, axis=a["axis"], eps=a["eps"]),
          attrs={"axis": Attr("int", -1), "eps": Attr("float", 1e-6)}, arity=(1, 2),
          category="reduce", doc="rms_norm(x, [weight]) = x / sqrt(mean(x^2) + eps) * weight (Llama)")
+
+
+def _cumsum_infer(ts, a):
+    norm_axis(a["axis"], ts[0].rank, "cumsum")
+    if ts[0].dtype is dtypes.bool_:
+        raise errors.DTypeError("cumsum: cast bool inputs to an integer type first")
+    return [ts[0]]
+
+
+register("cumsum", _cumsum_infer,
+         lambda xs, a: np.cumsum(xs[0], axis=a["axis"]).astype(xs[0].dtype),
+         attrs={"axis": Attr("int")}, category="reduce", doc="running sum along axis")

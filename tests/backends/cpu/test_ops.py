@@ -282,3 +282,10 @@ def test_attention(causal, masked, safe):
 def test_rms_norm():
     g = graph_of("rms_norm", [TensorType(F32, (N, 9))], {"eps": 1e-6}, extra=[rand((9,))])
     check_against_reference(g, [[rand((n, 9))] for n in SIZES])
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.int64])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_cumsum(dt, axis):
+    g = graph_of("cumsum", [TensorType(dtypes.from_numpy(dt), (N, M))], {"axis": axis})
+    check_against_reference(g, [[rand((n, m), dt, -5, 5)] for n, m in [(1, 1), (3, 7), (127, 3)]], rtol=1e-4)

@@ -1,0 +1,121 @@
+"""Cleanup passes, each rule as text IR in -> text IR out, plus results checked on random inputs."""
+import numpy as np
+
+from ember.passes import eliminate_common_subexpressions, eliminate_dead_code, fold_constants, simplify
+from irtext import assert_pass
+
+HEAD = "graph g(%x: f32[n, 4]) -> (f32[n, 4]) {"
+
+
+def test_identities_disappear():
+    assert_pass(simplify, f"""{HEAD}
+      %z = const [0.0] : f32[1]
+      %o = const [1.0, 1.0, 1.0, 1.0] : f32[4]
+      %1 = add(%x, %z) : f32[n, 4]
+      %2 = mul(%o, %1) : f32[n, 4]
+      %3 = neg(%2) : f32[n, 4]
+      %4 = neg(%3) : f32[n, 4]
+      %5 = cast(%4) {{dtype=f32}} : f32[n, 4]
+      %6 = reshape(%5) {{shape=[n, 4]}} : f32[n, 4]
+      %7 = slice(%6) {{axis=1, start=0, end=4, step=1}} : f32[n, 4]
+      return %7
+    }}""", f"""{HEAD}
+      return %x
+    }}""")
+
+
+def test_broadcasting_identity_stays():
+    # x + 0 where the zero widens x's shape is not a no-op
+    src = """graph g(%x: f32[4]) -> (f32[2, 4]) {
+      %z = const [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] : f32[2, 4]
+      %1 = add(%x, %z) : f32[2, 4]
+      return %1
+    }"""
+    assert_pass(simplify, src, src)
+
+
+def test_divide_by_constant_becomes_multiply():
+    assert_pass(simplify, f"""{HEAD}
+      %c = const [4.0] : f32[1]
+      %1 = div(%x, %c) : f32[n, 4]
+      return %1
+    }}""", f"""{HEAD}
+      %c = const [0.25] : f32[1]
+      %1 = mul(%x, %c) : f32[n, 4]
+      return %1
+    }}""")
+
+
+def test_permutes_and_reshapes_compose():
+    assert_pass(simplify, """graph g(%x: f32[2, 3, 4]) -> (f32[4, 2, 3], f32[6, 4]) {
+      %1 = permute(%x) {perm=[1, 0, 2]} : f32[3, 2, 4]
+      %2 = permute(%1) {perm=[2, 1, 0]} : f32[4, 2, 3]
+      %3 = permute(%x) {perm=[2, 0, 1]} : f32[4, 2, 3]
+      %4 = permute(%3) {perm=[1, 2, 0]} : f32[2, 3, 4]
+      %5 = reshape(%4) {shape=[24]} : f32[24]
+      %6 = reshape(%5) {shape=[6, 4]} : f32[6, 4]
+      return %2, %6
+    }""", """graph g(%x: f32[2, 3, 4]) -> (f32[4, 2, 3], f32[6, 4]) {
+      %1 = permute(%x) {perm=[2, 0, 1]} : f32[4, 2, 3]
+      %2 = reshape(%x) {shape=[6, 4]} : f32[6, 4]
+      return %1, %2
+    }""")
+
+
+def test_matmul_plus_bias_becomes_linear():
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    assert_pass(simplify, """graph g(%x: f32[n, 4]) -> (f32[n, 3]) {
+      %w = const : f32[4, 3]
+      %b = const [1.0, 2.0, 3.0] : f32[3]
+      %1 = matmul(%x, %w) : f32[n, 3]
+      %2 = add(%1, %b) : f32[n, 3]
+      return %2
+    }""", """graph g(%x: f32[n, 4]) -> (f32[n, 3]) {
+      %wt = const : f32[3, 4]
+      %b = const [1.0, 2.0, 3.0] : f32[3]
+      %1 = linear(%x, %wt, %b) : f32[n, 3]
+      return %1
+    }""", {"w": w})
+
+
+def test_cse_merges_equal_nodes_and_constants():
+    assert_pass(eliminate_common_subexpressions, f"""{HEAD}
+      %a = const [2.0] : f32[1]
+      %b = const [2.0] : f32[1]
+      %1 = mul(%x, %a) : f32[n, 4]
+      %2 = mul(%x, %b) : f32[n, 4]
+      %3 = tanh(%1) : f32[n, 4]
+      %4 = tanh(%2) : f32[n, 4]
+      %5 = add(%3, %4) : f32[n, 4]
+      return %5
+    }}""", f"""{HEAD}
+      %a = const [2.0] : f32[1]
+      %1 = mul(%x, %a) : f32[n, 4]
+      %3 = tanh(%1) : f32[n, 4]
+      %5 = add(%3, %3) : f32[n, 4]
+      return %5
+    }}""")
+
+
+def test_fold_constants_and_dce():
+    w = np.arange(8, dtype=np.float32).reshape(2, 4)
+    assert_pass(lambda g: eliminate_dead_code(fold_constants(g)), f"""{HEAD}
+      %w = const : f32[2, 4]
+      %1 = permute(%w) {{perm=[1, 0]}} : f32[4, 2]
+      %2 = sum(%1) {{axes=[1], keepdims=false}} : f32[4]
+      %3 = add(%x, %2) : f32[n, 4]
+      %dead = exp(%x) : f32[n, 4]
+      return %3
+    }}""", f"""{HEAD}
+      %c = const [4.0, 6.0, 8.0, 10.0] : f32[4]
+      %3 = add(%x, %c) : f32[n, 4]
+      return %3
+    }}""", {"w": w})
+
+
+def test_symbolic_shapes_are_not_folded():
+    src = """graph g(%x: f32[n]) -> (i64[n]) {
+      %1 = arange() {start=0, end=n, step=1, dtype=i64} : i64[n]
+      return %1
+    }"""
+    assert_pass(fold_constants, src, src)
