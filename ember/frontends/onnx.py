@@ -549,13 +549,17 @@ def _convert_node(cx: Importer, n, onnx_ops, unsupported: list, needs: set, dept
     name = n.name or f"{n.op_type}_{len(cx.g.nodes)}"
     cx.node, cx.source = n, f"onnx node {name!r} ({n.op_type})"
     raw = [cx.env.get(i) if i else None for i in n.input]
+    domain = n.domain if n.domain not in _DOMAINS else ""
+    fn = onnx_ops.CONVERTERS.get(n.op_type) if not domain else None
     if any(r is _POISON for r in raw):
+        # downstream of an unsupported node: still report this one if it is unknown too
+        if fn is None and (domain or not _has_function(cx, n)):
+            op = f"{domain}::{n.op_type}" if domain else f"onnx::{n.op_type}"
+            unsupported.append({"op": op, "node": name, "source": None})
         for o in n.output:
             cx.env[o] = _POISON
         return
     cx.raw = raw
-    domain = n.domain if n.domain not in _DOMAINS else ""
-    fn = onnx_ops.CONVERTERS.get(n.op_type) if not domain else None
     try:
         if fn is None:
             body = _function_body(cx, n) if not domain and depth < 8 else None
@@ -583,9 +587,18 @@ def _convert_node(cx: Importer, n, onnx_ops, unsupported: list, needs: set, dept
         for o in n.output:
             cx.env[o] = _POISON
         return
+    except UnsupportedOpError:
+        raise
     except EmberError as e:
-        raise type(e)(f"onnx node {name!r} ({n.op_type}): {e}") if type(e) is not UnsupportedOpError \
-            else e from None
+        try:
+            err = type(e)(f"onnx node {name!r} ({n.op_type}): {e}")
+        except Exception:  # noqa: BLE001 - an error class with another signature
+            err = errors.OnnxError(f"onnx node {name!r} ({n.op_type}): {e}")
+        raise err from None
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError) as e:
+        # a malformed node (wrong attribute types, impossible shapes): name it, no traceback
+        raise errors.OnnxError(f"onnx node {name!r} ({n.op_type}) cannot be imported: "
+                               f"{type(e).__name__}: {e}") from None
     res = res if isinstance(res, (list, tuple)) else [res]
     for k, o in enumerate(n.output):
         if not o:
@@ -596,6 +609,14 @@ def _convert_node(cx: Importer, n, onnx_ops, unsupported: list, needs: set, dept
             cx.env[o] = _POISON
         else:
             cx.env[o] = res[k]
+
+
+def _has_function(cx: Importer, n) -> bool:
+    try:
+        schema = onnx.defs.get_schema(n.op_type, cx.opset, "")
+    except Exception:  # noqa: BLE001 - unknown op
+        return False
+    return bool(schema.has_function or schema.has_context_dependent_function)
 
 
 def _function_body(cx: Importer, n):
@@ -664,3 +685,92 @@ def _function_body(cx: Importer, n):
                 nb.attribute.append(a)
         out.append(nb)
     return out
+
+
+# ---------------------------------------------------------------- onnx.backend implementation
+
+from onnx.backend.base import Backend, BackendRep  # noqa: E402
+
+
+class EmberBackendRep(BackendRep):
+    """A prepared ONNX model. Compiles on first ``run`` for the given input shapes.
+
+    Inputs that Ember needs at compile time (a Reshape's shape fed as a graph input, say)
+    are bound to their values in that call: the model is specialized on them, and a call
+    with other values compiles again.
+    """
+
+    def __init__(self, model, mode: str = "compile"):
+        self.model, self.mode = model, mode
+        inits = {t.name for t in model.graph.initializer}
+        self.input_names = [vi.name for vi in model.graph.input if vi.name not in inits]
+        self.frozen: set[str] = set()
+        self._cache: dict = {}
+
+    def _build(self, arrays: dict):
+        while True:
+            shapes = {k: v.shape for k, v in arrays.items()}
+            bind = {k: arrays[k] for k in self.frozen}
+            try:
+                return _import(self.model, {}, shapes, bind)
+            except UnsupportedOpError as e:
+                more = getattr(e, "needs_inputs", set()) - self.frozen
+                if not more:
+                    raise
+                self.frozen |= more
+
+    def run(self, inputs, **kwargs):
+        if isinstance(inputs, dict):
+            arrays = {k: np.asarray(inputs[k]) for k in self.input_names}
+        else:
+            inputs = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+            arrays = {k: np.asarray(v) for k, v in zip(self.input_names, inputs)}
+        key = tuple((k, a.shape, a.dtype.str) for k, a in arrays.items())
+        key += tuple((k, arrays[k].tobytes()) for k in sorted(self.frozen) if k in arrays)
+        entry = self._cache.get(key)
+        if entry is None:
+            g = self._build(arrays)
+            key = tuple((k, a.shape, a.dtype.str) for k, a in arrays.items())
+            key += tuple((k, arrays[k].tobytes()) for k in sorted(self.frozen) if k in arrays)
+            if self.mode == "compile":
+                from ..api import compile as ember_compile
+                entry = (g, ember_compile(g))
+            else:
+                from ..ir import verify
+                verify(g)
+                entry = (g, None)
+            self._cache[key] = entry
+        g, compiled = entry
+        names = g.meta["onnx_input_names"]
+        feed = [arrays[names[v.name]] for v in g.inputs]
+        if compiled is not None:
+            return list(compiled.run_numpy(feed))
+        from ..ir import interpret
+        return list(interpret(g, feed))
+
+
+class EmberBackend(Backend):
+    """``onnx.backend`` face of Ember, so ONNX's backend test suite can run against it.
+
+    >>> rep = EmberBackend.prepare(onnx.load("model.onnx"))
+    >>> outputs = rep.run([x])
+    """
+
+    mode = "compile"  # or "interpret": the numpy reference instead of compiled C
+
+    @classmethod
+    def is_compatible(cls, model, device: str = "CPU", **kwargs) -> bool:
+        return True
+
+    @classmethod
+    def prepare(cls, model, device: str = "CPU", **kwargs):
+        super().prepare(model, device, **kwargs)
+        return EmberBackendRep(load_onnx(model), kwargs.get("mode", cls.mode))
+
+    @classmethod
+    def run_model(cls, model, inputs, device: str = "CPU", **kwargs):
+        return cls.prepare(model, device, **kwargs).run(inputs)
+
+    @classmethod
+    def supports_device(cls, device: str) -> bool:
+        return device.upper() == "CPU"
