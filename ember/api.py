@@ -15,6 +15,8 @@ from .errors import EmberError, InputError
 from .ir import Graph
 from .ir import verify as verify_graph
 from .lower.lowering import lower
+from .lower.memory import plan_memory
+from .lower.schedule import fuse_epilogues
 from .passes import default_pipeline
 from .runtime.executable import NativeModule, TensorSpec
 
@@ -141,14 +143,20 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
     graph = pm.run(graph)
     with progress.step("Generating code"):
         prog = lower(graph)
-        source = generate(prog)
+        fusions: list = []
+        if opt_level >= 2:
+            fuse_epilogues(prog, fusions)
+        plan = plan_memory(prog, reuse=opt_level >= 1)
+        source = generate(prog, plan)
     with progress.step("Compiling C"):
         lib = build(source)
     names = graph.output_names or [f"output{k}" for k in range(len(graph.outputs))]
     native = NativeModule(lib, prog.symbols, [_spec(v) for v in graph.inputs],
                           [_spec(v, n) for v, n in zip(graph.outputs, names)], prog.const_data,
                           graph.sym_ranges)
-    return CompiledModel(graph, source, native, pm.report())
+    cm = CompiledModel(graph, source, native, pm.report())
+    cm.kernels, cm.fusions, cm.memory_plan, cm.pass_records = len(prog.kernels), fusions, plan, pm.records
+    return cm
 
 
 def load(path, rebuild: bool = False) -> CompiledModel:

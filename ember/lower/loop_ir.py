@@ -156,6 +156,11 @@ def binary(op: str, a, b) -> Expr:
             return const(0, a.dtype)
         if op == "mod" and _is_const(b, 1):
             return const(0, a.dtype)
+        if op == "add":  # (x // n) * n + x % n -> x: a reshape's unravel/ravel round trip
+            for p, q in ((a, b), (b, a)):
+                if p.op == "mul" and q.op == "mod" and p.args[0].op == "floordiv" and \
+                        p.args[0].args == q.args and p.args[1] is q.args[1]:
+                    return q.args[0]
     dt = dtypes.bool_ if op in COMPARE else a.dtype
     return Expr(op, (a, b), dt)
 

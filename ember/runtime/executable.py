@@ -1,7 +1,7 @@
 """Run a compiled model: bind inputs, check shapes, call the one native entry point.
 
 Needs numpy only. The native library exports ``ember_main`` and ``ember_workspace_size``
-(see backends/cpu/codegen.py). Each thread gets its own workspace per input shape, so one
+(see backends/cpu/codegen.py). Each concurrent call takes its own workspace from a pool, so one
 model may be called from many threads at once; the GIL is released during the call.
 """
 from __future__ import annotations
@@ -39,8 +39,28 @@ class TensorSpec:
 
 
 class _ShapeState:
-    """Everything that depends only on the input shapes, computed once per shape per thread."""
-    __slots__ = ("dims", "out_shapes", "ws", "ws_ptr", "in_ptrs", "out_ptrs")
+    """What depends only on the input shapes: computed once per shape, shared by all threads."""
+    __slots__ = ("dims", "out_shapes", "nbytes")
+
+
+class _Slot:
+    """One call's scratch: a workspace (grown to the largest shape seen) and pointer arrays.
+
+    Slots are pooled: a call takes one and gives it back, so memory grows with the number
+    of concurrent calls, not with threads times shapes.
+    """
+    __slots__ = ("ws", "ptr", "cap", "in_ptrs", "out_ptrs")
+
+    def __init__(self, n_in: int, n_out: int):
+        self.ws, self.ptr, self.cap = None, 0, -1
+        self.in_ptrs = (_P * max(n_in, 1))()
+        self.out_ptrs = (_P * max(n_out, 1))()
+
+    def reserve(self, nbytes: int) -> None:
+        if nbytes > self.cap:
+            self.ws = np.empty(nbytes + 64, dtype=np.uint8)
+            self.ptr = (self.ws.ctypes.data + 63) // 64 * 64
+            self.cap = nbytes
 
 
 class NativeModule:
@@ -63,7 +83,9 @@ class NativeModule:
         self._out_np = [dtypes.parse(s.dtype).np for s in outputs]
         self.consts = [np.ascontiguousarray(c) for c in consts]
         self._const_ptrs = (_P * max(len(consts), 1))(*[c.ctypes.data for c in self.consts])
-        self._local = threading.local()
+        self._shapes: dict = {}
+        self._shapes_lock = threading.Lock()
+        self._pool: list[_Slot] = []
         self._torch_dtypes = self._torch_out = None
 
     # -- shapes
@@ -99,35 +121,37 @@ class NativeModule:
         return env
 
     def _state(self, shapes) -> _ShapeState:
-        cache = getattr(self._local, "states", None)
-        if cache is None:
-            cache = self._local.states = {}
-        st = cache.get(shapes)
+        st = self._shapes.get(shapes)
         if st is None:
             env = self.bind(shapes)
             st = _ShapeState()
             st.dims = (ctypes.c_int64 * max(len(self.symbols), 1))(*[env[s] for s in self.symbols])
             st.out_shapes = [tuple(evaluate(d, env) for d in dims) for dims in self._out_dims]
-            nbytes = int(self._wsize(st.dims))
-            st.ws = np.empty(nbytes + 64, dtype=np.uint8)
-            st.ws_ptr = (st.ws.ctypes.data + 63) // 64 * 64
-            st.in_ptrs = (_P * max(len(self.inputs), 1))()
-            st.out_ptrs = (_P * max(len(self.outputs), 1))()
-            if len(cache) >= 8:  # keep a few shapes per thread, not every one ever seen
-                cache.pop(next(iter(cache)))
-            cache[shapes] = st
+            st.nbytes = int(self._wsize(st.dims))
+            with self._shapes_lock:
+                if len(self._shapes) >= 64:  # remember recent shapes, not every one ever seen
+                    self._shapes.pop(next(iter(self._shapes)))
+                self._shapes[shapes] = st
         return st
 
     # -- calling
     def _call(self, shapes, in_ptrs, alloc):
         st = self._state(shapes)
         outs = [alloc(shape, k) for k, shape in enumerate(st.out_shapes)]
-        ip, op = st.in_ptrs, st.out_ptrs
-        for k, p in enumerate(in_ptrs):
-            ip[k] = p
-        for k, o in enumerate(outs):
-            op[k] = o[1]
-        rc = self._main(st.dims, ip, op, self._const_ptrs, st.ws_ptr)
+        try:
+            slot = self._pool.pop()  # atomic under the GIL
+        except IndexError:
+            slot = _Slot(len(self.inputs), len(self.outputs))
+        try:
+            slot.reserve(st.nbytes)
+            ip, op = slot.in_ptrs, slot.out_ptrs
+            for k, p in enumerate(in_ptrs):
+                ip[k] = p
+            for k, o in enumerate(outs):
+                op[k] = o[1]
+            rc = self._main(st.dims, ip, op, self._const_ptrs, slot.ptr)
+        finally:
+            self._pool.append(slot)
         if rc != 0:
             raise RuntimeError(f"native model returned error code {rc}")
         return [o[0] for o in outs]

@@ -32,6 +32,7 @@ static inline int64_t ember_fmod(int64_t a, int64_t b) { int64_t r = a % b; retu
 static inline float ember_sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 static inline double ember_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 static inline int64_t ember_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t ember_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 """
 
 
@@ -305,7 +306,7 @@ class KernelPrinter:
         A, B, C = params[k.a.buf], params[k.b.buf], params[k.out]
         M, N, K = c_dim(k.M), c_dim(k.N), c_dim(k.K)
         sa, sb = [c_dim(s) for s in k.a.strides], [c_dim(s) for s in k.b.strides]
-        ct = compute_type(k.out.dtype)
+        ct = compute_type(k.a.buf.dtype)  # the accumulator; the epilogue may store another dtype
         lines = [f"  const int64_t M = {M}, N = {N}, K = {K};",
                  f"  const int64_t nbatch = {c_dim(_prod(k.batch))};"]
         axpy = k.b.strides[-1] == 1
@@ -406,13 +407,22 @@ def _highest(dt) -> str:
     return {"bool": "true", "u8": "255"}.get(dt.name, f"INT{dt.itemsize * 8}_MAX")
 
 
-def workspace_layout(prog: Program):
-    """Byte offset (as C expression) of each temp; the total is the workspace size."""
-    offsets, cur = [], "0"
-    for t in prog.temps:
-        offsets.append(cur)
-        nbytes = f"({c_dim(t.numel)} * {t.dtype.itemsize})"
-        cur = f"({cur} + (({nbytes} + {ALIGN - 1}) / {ALIGN}) * {ALIGN})"
+def workspace_layout(prog: Program, plan=None):
+    """Byte offset (a C expression) of each temp, and the workspace size.
+
+    With a memory plan, temps in the same slot share an offset and the slot is as large as
+    its largest member; without one, every temp gets its own room.
+    """
+    slots = plan.slots if plan is not None else [[t] for t in prog.temps]
+    offsets, cur = {}, "0"
+    for members in slots:
+        sizes = [f"({c_dim(t.numel)} * {t.dtype.itemsize})" for t in members]
+        size = sizes[0]
+        for other in sizes[1:]:
+            size = f"ember_max64({size}, {other})"
+        for t in members:
+            offsets[t] = cur
+        cur = f"({cur} + (({size} + {ALIGN - 1}) / {ALIGN}) * {ALIGN})"
     return offsets, cur
 
 
@@ -420,14 +430,14 @@ def _c_buffer_name(b: Buffer) -> str:
     return {"input": "in", "output": "out", "const": "c", "temp": "t"}[b.kind] + str(b.index)
 
 
-def generate(prog: Program) -> str:
-    """The C source for ``prog``."""
+def generate(prog: Program, plan=None) -> str:
+    """The C source for ``prog`` (``plan``: a MemoryPlan sharing workspace between temps)."""
     kp = KernelPrinter(prog.symbols)
     calls = []
     for k in prog.kernels:
         fname, bufs = kp.kernel(k)
         calls.append((fname, bufs, k))
-    offsets, total = workspace_layout(prog)
+    offsets, total = workspace_layout(prog, plan)
     out = [PRELUDE]
     for text, name in kp.funcs.items():
         out.append(f"static void {name}{text}")
@@ -447,7 +457,8 @@ def generate(prog: Program) -> str:
     for b in prog.consts:
         if b in needed:
             body.append(f"  {storage_type(b.dtype)} *{cname(b)} = consts[{b.index}];  /* {b.name} */")
-    for b, off in zip(prog.temps, offsets):
+    for b in prog.temps:
+        off = offsets[b]
         body.append(f"  {storage_type(b.dtype)} *{cname(b)} = ({storage_type(b.dtype)} *)(ws + {off});")
     for fname, bufs, k in calls:
         args = ", ".join(cname(b) for b in bufs)
