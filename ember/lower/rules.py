@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..ir import dtypes
 from ..ir.ops.nn import _pair
 from ..ir.ops.registry import broadcast_shapes
@@ -344,7 +346,8 @@ def _max_pool(lw, n, r):
     x, out = lw.as_view(r[0]), n.outputs[0]
     (kh, kw), _, _, _, (hh, ww), inb = _window(n, x, "max")
     i0, i1 = out_vars(2)
-    body = L.masked_load(x.buf, x.flat_index([i0, i1, hh, ww]), inb, -math.inf)
+    lowest = -math.inf if out.dtype.is_float else int(np.iinfo(out.dtype.np).min)
+    body = L.masked_load(x.buf, x.flat_index([i0, i1, hh, ww]), inb, lowest)
     return lw.reduce(out.dtype, out.shape, (kh, kw), body, "max", None, out)
 
 

@@ -42,9 +42,23 @@ def _buffers(e: Expr, out: set) -> set:
     return out
 
 
+def same(a: Expr, b: Expr) -> bool:
+    """Structural equality (interning is gone once lowering has finished)."""
+    if a is b:
+        return True
+    if a.op != b.op or a.dtype is not b.dtype or len(a.args) != len(b.args):
+        return False
+    if a.op == "load":
+        if a.arg is not b.arg:
+            return False
+    elif a.arg != b.arg or type(a.arg) is not type(b.arg):
+        return False
+    return all(same(x, y) for x, y in zip(a.args, b.args))
+
+
 def _replace(e: Expr, target: Expr, new: Expr, memo=None) -> Expr:
     memo = {} if memo is None else memo
-    if e is target:
+    if e is target or (e.op == "load" and same(e, target)):
         return new
     if id(e) in memo:
         return memo[id(e)]
@@ -97,7 +111,7 @@ def fuse_epilogues(prog: Program, log: list | None = None) -> Program:
                 continue
             flat = View(t, p.shape).flat_index(out_vars(len(p.shape)))
             loads = _loads(p.body, t, [])
-            if not loads or any(ld.args[0] is not flat for ld in loads):
+            if not loads or not all(same(ld.args[0], flat) for ld in loads):
                 continue
             # P moves up to K's place: everything else it reads must already be written there
             if any(writer.get(b, -1) >= i for b in _bufs_of(p) if b is not t):

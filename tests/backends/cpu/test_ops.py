@@ -289,3 +289,9 @@ def test_rms_norm():
 def test_cumsum(dt, axis):
     g = graph_of("cumsum", [TensorType(dtypes.from_numpy(dt), (N, M))], {"axis": axis})
     check_against_reference(g, [[rand((n, m), dt, -5, 5)] for n, m in [(1, 1), (3, 7), (127, 3)]], rtol=1e-4)
+
+
+def test_integer_max_pool():
+    g = graph_of("max_pool2d", [TensorType(dtypes.i32, (N, 2, 7, 7))],
+                 {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1)})
+    check_against_reference(g, [[rand((n, 2, 7, 7), np.int32, -100, 100)] for n in SIZES[:3]])
