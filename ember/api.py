@@ -11,7 +11,7 @@ import numpy as np
 from . import progress
 from .backends.cpu.codegen import generate
 from .backends.cpu.toolchain import build
-from .errors import EmberError, InputError
+from .errors import EmberError, InputError, UnsupportedOpError
 from .ir import Graph
 from .ir import verify as verify_graph
 from .lower.lowering import lower
@@ -125,19 +125,28 @@ class CompiledModel:
 
 
 def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_level: int = 2,
-            dump_after=(), verify: bool | None = None) -> CompiledModel:
+            dump_after=(), verify: bool | None = None, fallback: str | None = None):
     """Compile ``model`` for this CPU.
 
     ``opt_level`` 0 runs no graph passes, 1 cleanups, 2 everything (the default).
     ``verify=True`` (or ``EMBER_VERIFY=1``) checks every pass on the reference interpreter
-    and names the first one that changes the model's results.
+    and names the first one that changes the model's results. ``fallback="torch"`` runs the
+    parts of a PyTorch model that Ember cannot import through PyTorch instead of failing.
 
     >>> compiled = ember.compile(torch.nn.Linear(10, 1), (torch.randn(1, 10),),
     ...                          dynamic={"input": {0: "batch"}})
     """
     if opt_level not in (0, 1, 2):
         raise InputError(f"opt_level must be 0, 1 or 2, got {opt_level}")
-    graph = import_model(model, example_inputs, dynamic)
+    if fallback not in (None, "torch"):
+        raise InputError(f"fallback must be None or 'torch', got {fallback!r}")
+    try:
+        graph = import_model(model, example_inputs, dynamic)
+    except UnsupportedOpError as e:
+        if fallback != "torch":
+            raise
+        from .fallback import compile_with_fallback
+        return compile_with_fallback(model, example_inputs, dynamic, e, opt_level=opt_level, verify=verify)
     verify_graph(graph)
     pm = default_pipeline(opt_level, dump_after, verify, _numpy_inputs(example_inputs, graph))
     graph = pm.run(graph)
