@@ -71,18 +71,27 @@ def cmd_inspect(args) -> int:
     from .api import import_model
     from .passes import default_pipeline
     model, inputs = _load_target(args.model)
+    if args.html:
+        from .report import write_report
+        path = write_report(args.html, model, inputs, title=args.model, opt_level=args.opt_level,
+                            verify=args.verify)
+        print(f"wrote {path}")
+        return 0
     g = import_model(model, inputs)
     print(f"# imported: {len(g.nodes)} nodes {g.stats()}")
     print(g)
-    pm = default_pipeline(args.opt_level, dump_after=args.after or [])
+    from .api import _numpy_inputs
+    pm = default_pipeline(args.opt_level, dump_after=args.after or [], verify=args.verify,
+                          example_inputs=_numpy_inputs(inputs, g))
     g = pm.run(g)
     for name, text in pm.dumps.items():
-        print(f"\n# after {name}")
+        print(f"\n# after {name}: {len(text.splitlines()) - 2} lines")
         print(text)
-    print("\n# passes\n" + pm.report())
+    print(f"\n# passes (-O{args.opt_level})\n" + pm.report())
     if args.c:
+        cm = ember.compile(g, opt_level=0)
         print("\n# generated C")
-        print(ember.compile(g, opt_level=0).source)
+        print(cm.source)
     return 0
 
 
@@ -117,6 +126,9 @@ def main(argv=None) -> int:
     i.add_argument("--after", action="append", help="print the IR after this pass (or 'all')")
     i.add_argument("-O", "--opt-level", type=int, default=2, choices=[0, 1, 2])
     i.add_argument("--c", action="store_true", help="also print the generated C")
+    i.add_argument("--verify", action="store_true", default=None,
+                   help="check every pass against the reference interpreter")
+    i.add_argument("--html", metavar="FILE", help="write a self-contained HTML report instead")
     i.set_defaults(fn=cmd_inspect)
     _add_plugin_commands(sub)
     args = parser.parse_args(argv)
