@@ -17,6 +17,7 @@ from ..ir.symbolic import Dim, prod
 from . import loop_ir as L
 from .loop_ir import Expr
 from .lowering import Lazy, Lowerer, View, contiguous_strides, out_vars
+from .packing import PANEL, pack_panels
 
 RULES: dict = {}
 
@@ -208,6 +209,18 @@ def _const_to_contig(lw: Lowerer, ref):
     return ref
 
 
+def _packed_weight(lw: Lowerer, b, batch_rank: int):
+    """A constant B shared by every batch entry, packed into GEMM panels at compile time."""
+    if not isinstance(b, View) or any(d != 1 for d in b.shape[:-2]):
+        return None
+    arr = lw.const_array(b)
+    if arr is None:
+        return None
+    packed = pack_panels(arr.reshape(arr.shape[-2:]))
+    buf = lw.const(packed, b.dtype, b.buf.name + "_packed").buf
+    return L.Operand(buf, 0, (0,) * (batch_rank + 2), packed=PANEL)
+
+
 def emit_matmul(lw: Lowerer, a, b, out_shape, dtype, value=None, epilogue=None):
     """out = epilogue(a @ b) for a: [..., M, K], b: [..., K, N] (ranks >= 2).
 
@@ -217,11 +230,14 @@ def emit_matmul(lw: Lowerer, a, b, out_shape, dtype, value=None, epilogue=None):
     """
     out_shape = tuple(out_shape)
     batch = out_shape[:-2]
-    b = _const_to_contig(lw, b)
+    f32 = a.dtype is dtypes.f32 and b.dtype is dtypes.f32  # the blocked GEMM takes any strides
     _, opa = _operand(lw, a, len(batch))
-    vb, opb = _operand(lw, b, len(batch))
-    if opb.strides[-1] != 1 and not (opa.strides[-1] == 1 and opb.strides[-2] == 1):
-        _, opb = _operand(lw, lw.store(vb), len(batch))  # neither form is unit-stride: copy
+    opb = _packed_weight(lw, b, len(batch)) if f32 else None
+    if opb is None:
+        b = _const_to_contig(lw, b)
+        vb, opb = _operand(lw, b, len(batch))
+        if not f32 and opb.strides[-1] != 1 and not (opa.strides[-1] == 1 and opb.strides[-2] == 1):
+            _, opb = _operand(lw, lw.store(vb), len(batch))  # neither form is unit-stride: copy
     buf = lw.temp(dtype, out_shape, value)
     epi = None
     if epilogue is not None:
@@ -457,13 +473,15 @@ def reshape(x, shape):
     groups = groups or [(list(range(len(x.shape))), list(range(len(shape))))]
 
     def fn(ix):
-        src = [None] * len(x.shape)
+        src = [L.idx(0)] * len(x.shape)  # size-1 dims are always index 0
         for si, dj in groups:
             flat = L.idx(0)
             for d in dj:
-                flat = flat * L.idx(shape[d]) + ix[d]
-            for k in reversed(si):
-                src[k] = flat % L.idx(x.shape[k]) if k != si[0] else flat
+                if shape[d] != 1:
+                    flat = flat * L.idx(shape[d]) + ix[d]
+            real = [k for k in si if x.shape[k] != 1]
+            for k in reversed(real):
+                src[k] = flat % L.idx(x.shape[k]) if k != real[0] else flat
                 flat = flat // L.idx(x.shape[k])
         return x.load(src)
     return Lazy(shape, x.dtype, fn)
