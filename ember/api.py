@@ -16,7 +16,7 @@ from .ir import Graph
 from .ir import verify as verify_graph
 from .lower.lowering import lower
 from .lower.memory import plan_memory
-from .lower.schedule import fuse_epilogues
+from .lower.schedule import fuse_epilogues, fuse_rows
 from .passes import default_pipeline
 from .runtime.executable import NativeModule, TensorSpec
 
@@ -155,6 +155,7 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
         fusions: list = []
         if opt_level >= 2:
             fuse_epilogues(prog, fusions)
+            fuse_rows(prog, fusions)
         plan = plan_memory(prog, reuse=opt_level >= 1)
         source = generate(prog, plan)
     with progress.step("Compiling C"):

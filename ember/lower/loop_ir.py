@@ -237,6 +237,8 @@ class Operand:
     buf: Buffer
     offset: Dim
     strides: tuple          # one per batch dim, then the two matrix dims
+    packed: int = 0         # B only: >0 = a constant pre-packed in panels of this many
+                            # columns (lower/packing.py); offset and strides are then unused
 
 
 @dataclass
@@ -263,3 +265,27 @@ class Program:
     temps: list[Buffer] = field(default_factory=list)
     kernels: list = field(default_factory=list)
     output_shapes: list[tuple] = field(default_factory=list)
+
+
+@dataclass
+class Stage:
+    """One reduction inside a RowKernel: ``var`` = post(reduce_r body) for the current row."""
+    var: str
+    reduce: Reduce
+    body: Expr
+
+
+@dataclass
+class RowKernel:
+    """Reductions over a row and the pointwise store that uses them, in one loop nest.
+
+    out[rows..., cols...] = body, where body may read the stage variables; each stage runs
+    over the row (vars r0..) before the store loop (vars i{rows}..). Softmax and layer norm
+    become one kernel each: the row is read from cache, not from memory, after the first pass.
+    """
+    name: str
+    out: Buffer
+    shape: tuple       # rows + cols
+    rows: int          # how many leading dims are rows
+    stages: list
+    body: Expr

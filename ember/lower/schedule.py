@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..ir.symbolic import Dim
 from . import loop_ir as L
-from .loop_ir import Buffer, Expr, Loop, Matmul, Program
+from .loop_ir import Buffer, Expr, Loop, Matmul, Program, RowKernel, Stage
 from .lowering import View, out_vars
 
 
@@ -76,6 +76,13 @@ def _out_shape(k) -> tuple:
 
 def _reads(k) -> set:
     bufs: set = set()
+    if isinstance(k, RowKernel):
+        _buffers(k.body, bufs)
+        for st in k.stages:
+            _buffers(st.body, bufs)
+            if st.reduce.post is not None:
+                _buffers(st.reduce.post, bufs)
+        return bufs
     if isinstance(k, Matmul):
         bufs |= {k.a.buf, k.b.buf}
         if k.epilogue is not None:
@@ -136,3 +143,113 @@ def fuse_epilogues(prog: Program, log: list | None = None) -> Program:
 
 def _bufs_of(p: Loop) -> set:
     return _buffers(p.body, set())
+
+
+def _replace_loads(e: Expr, buf: Buffer, index: Expr, new: Expr) -> Expr | None:
+    """``e`` with every load of ``buf`` (which must be at ``index``) replaced; None if another index."""
+    bad = []
+
+    def walk(x, memo):
+        if id(x) in memo:
+            return memo[id(x)]
+        if x.op == "load" and x.arg is buf:
+            if not same(x.args[0], index):
+                bad.append(x)
+            r = new
+        elif not x.args:
+            r = x
+        else:
+            args = tuple(walk(a, memo) for a in x.args)
+            r = x if all(a is b for a, b in zip(args, x.args)) else L.Expr(x.op, args, x.dtype, x.arg)
+        memo[id(x)] = r
+        return r
+    out = walk(e, {})
+    return None if bad else out
+
+
+def _row_rank(k: Loop, shape) -> int | None:
+    """k reduces the trailing dims of ``shape`` (keeping them as 1s): how many rows lead."""
+    n = len(shape)
+    for rows in range(n):
+        if tuple(k.shape) == tuple(shape[:rows]) + (1,) * (n - rows) and \
+                tuple(k.reduce.sizes) == tuple(shape[rows:]):
+            return rows
+    return None
+
+
+def fuse_rows(prog: Program, log: list | None = None) -> Program:
+    """Fold row reductions and the pointwise loop that consumes them into one RowKernel."""
+    j = 0
+    while j < len(prog.kernels):
+        p = prog.kernels[j]
+        j += 1
+        if not isinstance(p, Loop) or p.reduce is not None or not p.shape:
+            continue
+        group = _row_group(prog, p)
+        if group is None:
+            continue
+        rows, members = group
+        vars_ = out_vars(len(p.shape))
+        stages, body = [], p.body
+        for idx, k in enumerate(members):
+            index = View(k.out, k.shape).flat_index(vars_)
+            name = f"red{idx}"
+            sv = L.var(name, k.body.dtype)
+            stage_body = k.body
+            for st, km in zip(stages, members):
+                stage_body = _replace_loads(stage_body, km.out, View(km.out, km.shape).flat_index(vars_),
+                                            L.var(st.var, km.body.dtype))
+            stages.append(Stage(name, k.reduce, stage_body))
+            body = _replace_loads(body, k.out, index, sv)
+        kernel = RowKernel(p.name, p.out, tuple(p.shape), rows, stages, body)
+        ids = {id(m) for m in members}
+        prog.kernels = [kernel if k is p else k for k in prog.kernels if id(k) not in ids]
+        dead = {m.out for m in members}
+        prog.temps = [b for b in prog.temps if b not in dead]
+        if log is not None:
+            saved = sum((m.out.numel * m.out.dtype.itemsize for m in members), 0)
+            log.append(Fusion(", ".join(m.name for m in members), p.name, ", ".join(b.name for b in dead),
+                              saved * 2))
+        j = 0  # indices moved; rescan (groups are few)
+    return prog
+
+
+def _row_group(prog: Program, p: Loop):
+    """The reduce kernels feeding ``p`` row-wise (and each other), if they can all fold in."""
+    readers: dict = {}
+    for k in prog.kernels:
+        for b in _reads(k):
+            readers.setdefault(b, []).append(k)
+    writer = {k.out: k for k in prog.kernels}
+    members, todo, rows = [], [p], None
+    while todo:
+        cur = todo.pop()
+        for b in _reads(cur):
+            k = writer.get(b)
+            if not isinstance(k, Loop) or k.reduce is None or k.reduce.op == "argmax" or b.kind != "temp" \
+                    or k in members:
+                continue
+            r = _row_rank(k, p.shape)
+            if r is None or (rows is not None and r != rows):
+                return None
+            rows = r
+            members.append(k)
+            todo.append(k)
+    if not members:
+        return None
+    ids = {id(m) for m in members} | {id(p)}
+    if any(id(r) not in ids for m in members for r in readers.get(m.out, [])):
+        return None  # someone else needs the reduction's result in memory
+    order = {id(k): i for i, k in enumerate(prog.kernels)}
+    members.sort(key=lambda k: order[id(k)])
+    vars_ = out_vars(len(p.shape))
+    for i, k in enumerate(members):  # every read of a member's result must be its row value
+        index = View(k.out, k.shape).flat_index(vars_)
+        for user in members[i + 1:] + [p]:
+            for ld in _loads(user.body, k.out, []):
+                if not same(ld.args[0], index):
+                    return None
+            if isinstance(user, Loop) and user.reduce and user.reduce.post is not None and \
+                    _loads(user.reduce.post, k.out, []):
+                return None
+    return rows, members

@@ -76,3 +76,31 @@ def test_opt_levels_shrink_kernels_and_workspace():
     p0, _ = o0.memory_plan.summary({"n": 64})
     p2, _ = o2.memory_plan.summary({"n": 64})
     assert p2 < p0
+
+
+def test_softmax_and_layer_norm_are_one_kernel_each():
+    from ember.testing import check_against_reference
+    S = sym("s")
+    for op, attrs, extra in [("softmax", {"axis": -1}, []), ("log_softmax", {"axis": 2}, []),
+                             ("layer_norm", {"axis": 2}, [rng.standard_normal(9).astype(np.float32),
+                                                          rng.standard_normal(9).astype(np.float32)]),
+                             ("rms_norm", {"axis": 2}, [])]:
+        g = Graph()
+        x = g.add_input("x", TensorType(F32, (sym("n"), S, 9)))
+        r = g.op("add", [x, x])  # a producer that gets inlined into every stage
+        g.outputs = [g.op(op, [r] + [g.add_const(c, f"c{i}") for i, c in enumerate(extra)], attrs)]
+        cm = check_against_reference(g, [[rng.standard_normal((n, s, 9)).astype(np.float32) * 4]
+                                         for n, s in [(1, 1), (3, 7), (2, 127)]], opt_level=2)
+        assert cm.kernels == 1, (op, cm.source)
+
+
+def test_row_fusion_keeps_results_other_kernels_need():
+    # the row max is also a graph output: it must stay in memory, so no row fusion
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, (sym("n"), 5)))
+    m = g.op("max", [x], {"axes": (1,), "keepdims": True})
+    g.outputs = [g.op("sub", [x, m]), m]
+    from ember.testing import check_against_reference
+    cm = check_against_reference(g, [[rng.standard_normal((n, 5)).astype(np.float32)] for n in (1, 3, 127)],
+                                 opt_level=2)
+    assert cm.kernels == 2

@@ -16,7 +16,7 @@ import math
 from ...errors import EmberError
 from ...ir import dtypes
 from ...ir.symbolic import to_c as sym_to_c
-from ...lower.loop_ir import Buffer, Expr, Loop, Matmul, Program
+from ...lower.loop_ir import Buffer, Expr, Loop, Matmul, Program, RowKernel
 
 ALIGN = 64           # bytes; workspace buffers start on cache-line boundaries
 PARALLEL_MIN = 1 << 15  # elements (x reduction length) below which a kernel stays serial
@@ -216,7 +216,11 @@ class KernelPrinter:
     def kernel(self, k) -> tuple[str, list[Buffer]]:
         """Returns (function name, buffer arguments in order)."""
         bufs = [k.out]
-        exprs = [k.body] if isinstance(k, Loop) else [k.epilogue] if k.epilogue is not None else []
+        if isinstance(k, RowKernel):
+            exprs = [st.body for st in k.stages] + [st.reduce.post for st in k.stages if st.reduce.post is not None]
+            exprs.append(k.body)
+        else:
+            exprs = [k.body] if isinstance(k, Loop) else [k.epilogue] if k.epilogue is not None else []
         if isinstance(k, Loop) and k.reduce and k.reduce.post is not None:
             exprs.append(k.reduce.post)
         if isinstance(k, Matmul):
@@ -226,7 +230,8 @@ class KernelPrinter:
         for e in exprs:
             _buffers_of(e, bufs)
         params, decl = self._signature(bufs, k.out)
-        body = self._loop(k, params) if isinstance(k, Loop) else self._matmul(k, params)
+        body = (self._loop(k, params) if isinstance(k, Loop) else self._rows(k, params)
+                if isinstance(k, RowKernel) else self._matmul(k, params))
         sig = f"(const int64_t *restrict dims, {', '.join(decl)})"
         text = sig + " {\n" + "\n".join(self._sym_lines(body)) + "\n" + body + "}\n"
         if text not in self.funcs:
@@ -269,39 +274,101 @@ class KernelPrinter:
         for d in range(rank):
             lines.append(f"  {'  ' * d}for (int64_t i{d} = 0; i{d} < {c_dim(shape[d])}; i{d}++)")
         ind = "  " + "  " * rank
-        ct = compute_type(k.body.dtype)
         lines.append(ind + "{")
-        init = {"sum": "0", "prod": "1", "max": _lowest(k.body.dtype), "argmax": _lowest(k.body.dtype),
-                "min": _highest(k.body.dtype)}[red.op]
-        lines.append(f"{ind}  {ct} acc = {init};")
+        result = self._reduction(lines, ind + "  ", red, k.body, params)
+        lines.append(ind + "  " + _store(outp, k.out.dtype, _flat(shape, ivars), result))
+        lines.append(ind + "}")
+        return "\n".join(lines) + "\n"
+
+    def _reduction(self, lines, ind, red, body, params) -> str:
+        """Emit ``acc = reduce_r body`` at ``ind``; returns the C expression of the result."""
+        ct = compute_type(body.dtype)
+        init = {"sum": "0", "prod": "1", "max": _lowest(body.dtype), "argmax": _lowest(body.dtype),
+                "min": _highest(body.dtype)}[red.op]
+        lines.append(f"{ind}{ct} acc = {init};")
         if red.op == "argmax":
-            lines.append(f"{ind}  int64_t acc_i = 0;")
-        rind = ind + "  "
+            lines.append(f"{ind}int64_t acc_i = 0;")
+        rind = ind
         for j, sz in enumerate(red.sizes):
             lines.append(f"{rind}for (int64_t r{j} = 0; r{j} < {c_dim(sz)}; r{j}++)")
             rind += "  "
-        lines.append(rind[:-2] + "{")
-        pr = ExprPrinter(params, lines, rind)
-        pr.count_uses(k.body)
-        v = pr(k.body)
+        lines.append(rind[:-2] + "{" if red.sizes else rind + "{")
+        inner = rind if red.sizes else rind + "  "
+        pr = ExprPrinter(params, lines, inner)
+        pr.count_uses(body)
+        v = pr(body)
         combine = {"sum": f"acc += {v};", "prod": f"acc *= {v};",
                    "max": f"acc = ({v}) > acc ? ({v}) : acc;",
                    "min": f"acc = ({v}) < acc ? ({v}) : acc;",
                    "argmax": f"{{ const {ct} _v = {v}; if (_v > acc) {{ acc = _v; acc_i = "
                              f"{_flat(red.sizes, [f'r{j}' for j in range(len(red.sizes))])}; }} }}"}[red.op]
-        lines.append(rind + combine)
-        lines.append(rind[:-2] + "}")
+        lines.append(inner + combine)
+        lines.append((rind[:-2] if red.sizes else rind) + "}")
         result = "acc_i" if red.op == "argmax" else "acc"
         if red.post is not None:
-            pp = ExprPrinter(params, lines, ind + "  ")
+            pp = ExprPrinter(params, lines, ind)
             pp.count_uses(red.post)
             result = pp(red.post)
-        lines.append(ind + "  " + _store(outp, k.out.dtype, _flat(shape, ivars), result))
+        return result
+
+    # -- row kernels: reductions over a row, then the store that uses them
+    def _rows(self, k: RowKernel, params) -> str:
+        lines: list[str] = []
+        n, rows = len(k.shape), k.rows
+        work = c_dim(_prod(k.shape))
+        if rows >= 1:
+            lines.append(f"  #pragma omp parallel for collapse({rows}) if({work} > {PARALLEL_MIN})")
+        for d in range(rows):
+            lines.append(f"  {'  ' * d}for (int64_t i{d} = 0; i{d} < {c_dim(k.shape[d])}; i{d}++)")
+        ind = "  " + "  " * rows
+        lines.append(ind + "{")
+        for st in k.stages:
+            lines.append(f"{ind}  {compute_type(st.body.dtype)} {st.var};")
+            lines.append(f"{ind}  {{")
+            result = self._reduction(lines, ind + "    ", st.reduce, st.body, params)
+            lines.append(f"{ind}    {st.var} = {result};")
+            lines.append(f"{ind}  }}")
+        sind = ind + "  "
+        for d in range(rows, n):
+            lines.append(f"{sind}for (int64_t i{d} = 0; i{d} < {c_dim(k.shape[d])}; i{d}++)")
+            sind += "  "
+        lines.append(sind[:-2] + "{" if n > rows else sind + "{")
+        inner = sind if n > rows else sind + "  "
+        pr = ExprPrinter(params, lines, inner)
+        pr.count_uses(k.body)
+        v = pr(k.body)
+        lines.append(inner + _store(params[k.out], k.out.dtype, _flat(k.shape, [f"i{d}" for d in range(n)]), v))
+        lines.append((sind[:-2] if n > rows else sind) + "}")
         lines.append(ind + "}")
         return "\n".join(lines) + "\n"
 
     # -- matmul template
     def _matmul(self, k: Matmul, params) -> str:
+        from . import gemm
+        if gemm.supports(k):
+            return gemm.print_matmul(k, params, c_dim, self._epilogue_printer(k, params))
+        if k.b.packed:
+            raise EmberError(f"matmul {k.name}: a packed weight needs float32 operands")
+        return self._matmul_simple(k, params)
+
+    def _epilogue_printer(self, k: Matmul, params):
+        """Prints the store of one GEMM result element, through the kernel's epilogue."""
+        nb = len(k.batch)
+        C = params[k.out]
+
+        def lines(ind, acc_expr, i_name, j_name, out_index):
+            if k.epilogue is None:
+                return [f"{ind}{_store(C, k.out.dtype, out_index, acc_expr)}"]
+            out = [f"{ind}{{ const int64_t i{nb} = {i_name}, i{nb + 1} = {j_name}; "
+                   f"const float acc = {acc_expr};"]
+            pr = ExprPrinter(params, out, ind + "  ")
+            pr.count_uses(k.epilogue)
+            v = pr(k.epilogue)
+            out.append(f"{ind}  {_store(C, k.out.dtype, out_index, v)} }}")
+            return out
+        return lines
+
+    def _matmul_simple(self, k: Matmul, params) -> str:
         nb = len(k.batch)
         A, B, C = params[k.a.buf], params[k.b.buf], params[k.out]
         M, N, K = c_dim(k.M), c_dim(k.N), c_dim(k.K)
@@ -439,6 +506,9 @@ def generate(prog: Program, plan=None) -> str:
         calls.append((fname, bufs, k))
     offsets, total = workspace_layout(prog, plan)
     out = [PRELUDE]
+    if any(isinstance(k, Matmul) for k in prog.kernels):
+        from .gemm import prelude
+        out.append(prelude())
     for text, name in kp.funcs.items():
         out.append(f"static void {name}{text}")
     body = ["int ember_main(const int64_t *dims, void *const *in, void *const *out, "
