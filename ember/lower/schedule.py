@@ -21,9 +21,11 @@ class Fusion:
     consumer: str
     buffer: str
     bytes_saved: Dim   # per call, as an expression of the input dims
+    kind: str = "epilogue"  # epilogue: into a GEMM/reduction; row: reductions + store in one kernel
 
     def __str__(self):
-        return f"{self.consumer} -> epilogue of {self.producer} (saves {self.bytes_saved} bytes of {self.buffer})"
+        what = f"epilogue of {self.producer}" if self.kind == "epilogue" else f"one row kernel with {self.producer}"
+        return f"{self.consumer} -> {what} (saves {self.bytes_saved} bytes of {self.buffer})"
 
 
 def _loads(e: Expr, buf: Buffer, out: list) -> list:
@@ -209,7 +211,7 @@ def fuse_rows(prog: Program, log: list | None = None) -> Program:
         if log is not None:
             saved = sum((m.out.numel * m.out.dtype.itemsize for m in members), 0)
             log.append(Fusion(", ".join(m.name for m in members), p.name, ", ".join(b.name for b in dead),
-                              saved * 2))
+                              saved * 2, "row"))
         j = 0  # indices moved; rescan (groups are few)
     return prog
 
