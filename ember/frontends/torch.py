@@ -23,6 +23,7 @@ from .. import errors
 from ..ir import dtypes
 from ..ir.graph import Graph, TensorType, Value
 from ..ir.symbolic import SymExpr, evaluate, floordiv, mod, sym
+from ..passes.dce import eliminate_dead_code
 
 __all__ = ["from_torch"]
 
@@ -519,7 +520,9 @@ def from_torch(model: torch.nn.Module, example_inputs, dynamic: dict | None = No
     g.meta["torch_in_spec"] = ep.call_spec.in_spec
     g.meta["input_names"] = [v.name for v in g.inputs]
     g.meta["kwarg_inputs"] = kwarg_inputs
-    _dce(g)
+    # converters may build spare results (the mean/rstd of native_layer_norm) or leave a
+    # transpose that `linear` made unnecessary: drop what nothing reads
+    eliminate_dead_code(g)
     return g
 
 
@@ -531,15 +534,3 @@ def _unsupported(bad: list[dict]) -> errors.UnsupportedOpError:
         e.args = (e.args[0] + "\nDetails:\n" + "\n".join(why),)
     return e
 
-
-def _dce(g: Graph) -> None:
-    """Drop nodes and constants nothing reads (converters may build spare results, e.g. the
-    mean/rstd of native_layer_norm, or leave a transpose that `linear` made unnecessary)."""
-    live = {id(v) for v in g.outputs}
-    keep = []
-    for n in reversed(g.nodes):
-        if any(id(o) in live for o in n.outputs):
-            keep.append(n)
-            live.update(id(i) for i in n.inputs)
-    g.nodes = keep[::-1]
-    g.constants = [c for c in g.constants if id(c) in live]
