@@ -125,13 +125,14 @@ class CompiledModel:
 
 
 def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_level: int = 2,
-            dump_after=(), verify: bool | None = None, fallback: str | None = None):
+            dump_after=(), verify: bool | None = None, fallback: str | None = None, quantize=None):
     """Compile ``model`` for this CPU.
 
     ``opt_level`` 0 runs no graph passes, 1 cleanups, 2 everything (the default).
     ``verify=True`` (or ``EMBER_VERIFY=1``) checks every pass on the reference interpreter
     and names the first one that changes the model's results. ``fallback="torch"`` runs the
     parts of a PyTorch model that Ember cannot import through PyTorch instead of failing.
+    ``quantize="dynamic"`` or ``quantize=ember.quant.static(batches)`` runs int8 where it pays.
 
     >>> compiled = ember.compile(torch.nn.Linear(10, 1), (torch.randn(1, 10),),
     ...                          dynamic={"input": {0: "batch"}})
@@ -150,6 +151,10 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
     verify_graph(graph)
     pm = default_pipeline(opt_level, dump_after, verify, _numpy_inputs(example_inputs, graph))
     graph = pm.run(graph)
+    quant_report = None
+    if quantize is not None:
+        from .quant import quantize_graph
+        graph, quant_report = quantize_graph(graph, quantize, _numpy_inputs(example_inputs, graph))
     with progress.step("Generating code"):
         prog = lower(graph)
         fusions: list = []
@@ -166,6 +171,7 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
                           graph.sym_ranges)
     cm = CompiledModel(graph, source, native, pm.report())
     cm.kernels, cm.fusions, cm.memory_plan, cm.pass_records = len(prog.kernels), fusions, plan, pm.records
+    cm.quant_report = quant_report
     return cm
 
 

@@ -612,4 +612,4 @@ def _full(lw, n, r):
     return Lazy(out.shape, out.dtype, lambda ix: L.cast(L.const(n.attrs["value"], dtypes.f64), out.dtype))
 
 
-from . import rules_extra  # noqa: E402,F401  (registers the lowerings of extra ops)
+from . import rules_extra, rules_quant  # noqa: E402,F401  (register the lowerings of extra ops)
