@@ -71,6 +71,12 @@ class CompiledModel:
     def __init__(self, graph: Graph, source: str, native: NativeModule, pass_report: str = ""):
         self.graph, self.source, self.native = graph, source, native
         self.pass_report = pass_report
+        # filled in by compile(); a model loaded from an artifact has none of these
+        self.kernels: int | None = None
+        self.fusions: list = []
+        self.memory_plan = None
+        self.pass_records: list = []
+        self.quant_report = None
         self.input_names = [v.name for v in graph.inputs]
         self.output_names = list(graph.output_names or [f"output{k}" for k in range(len(graph.outputs))])
         self._out_spec = graph.meta.get("torch_out_spec")
