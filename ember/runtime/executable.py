@@ -1,6 +1,7 @@
 """Run a compiled model: bind inputs, check shapes, call the one native entry point.
 
-Needs numpy only. The native library exports ``ember_main`` and ``ember_workspace_size``
+Needs numpy only. Calls go through a small cached CPython extension (``fastcall.py``) when
+one can be built here, else through ctypes. The native library exports ``ember_main`` and ``ember_workspace_size``
 (see backends/cpu/codegen.py). Each concurrent call takes its own workspace from a pool, so one
 model may be called from many threads at once; the GIL is released during the call.
 """
@@ -16,6 +17,7 @@ import numpy as np
 from ..errors import DTypeError, InputError
 from ..ir import dtypes
 from ..ir.symbolic import SymExpr, evaluate, parse_dim
+from . import fastcall
 
 _P = ctypes.c_void_p
 
@@ -40,7 +42,7 @@ class TensorSpec:
 
 class _ShapeState:
     """What depends only on the input shapes: computed once per shape, shared by all threads."""
-    __slots__ = ("dims", "out_shapes", "nbytes")
+    __slots__ = ("dims", "dims_addr", "out_shapes", "nbytes")
 
 
 class _Slot:
@@ -87,6 +89,10 @@ class NativeModule:
         self._shapes_lock = threading.Lock()
         self._pool: list[_Slot] = []
         self._torch_dtypes = self._torch_out = None
+        self._n_in = len(inputs)
+        self._fast = fastcall.load()   # None: call through ctypes
+        self._fn_addr = ctypes.cast(self._main, _P).value
+        self._consts_addr = ctypes.addressof(self._const_ptrs)
 
     # -- shapes
     def bind(self, shapes) -> dict[str, int]:
@@ -126,6 +132,7 @@ class NativeModule:
             env = self.bind(shapes)
             st = _ShapeState()
             st.dims = (ctypes.c_int64 * max(len(self.symbols), 1))(*[env[s] for s in self.symbols])
+            st.dims_addr = ctypes.addressof(st.dims)
             st.out_shapes = [tuple(evaluate(d, env) for d in dims) for dims in self._out_dims]
             st.nbytes = int(self._wsize(st.dims))
             with self._shapes_lock:
@@ -136,6 +143,7 @@ class NativeModule:
 
     # -- calling
     def _call(self, shapes, in_ptrs, alloc):
+        """The ctypes path (no fastcall shim): pointers are Python ints."""
         st = self._state(shapes)
         outs = [alloc(shape, k) for k, shape in enumerate(st.out_shapes)]
         try:
@@ -156,6 +164,20 @@ class NativeModule:
             raise RuntimeError(f"native model returned error code {rc}")
         return [o[0] for o in outs]
 
+    def _fast_call(self, st, ins, outs) -> int:
+        """The shim path: ``ins``/``outs`` hold arrays or addresses; returns the shim's code."""
+        if not st.nbytes:
+            return self._fast.call(self._fn_addr, st.dims_addr, ins, outs, self._consts_addr, 0)
+        try:
+            slot = self._pool.pop()  # atomic under the GIL
+        except IndexError:
+            slot = _Slot(len(self.inputs), len(self.outputs))
+        try:
+            slot.reserve(st.nbytes)
+            return self._fast.call(self._fn_addr, st.dims_addr, ins, outs, self._consts_addr, slot.ptr)
+        finally:
+            self._pool.append(slot)
+
     def _check_dtype(self, k, got, want) -> None:
         if got != want:
             spec = self.inputs[k]
@@ -167,9 +189,7 @@ class NativeModule:
             names = ", ".join(s.name for s in self.inputs)
             raise InputError(f"model takes {len(self.inputs)} inputs ({names}), got {n}")
 
-    def run(self, arrays) -> list[np.ndarray]:
-        """Run on numpy arrays (in input order); returns fresh numpy outputs."""
-        self._count(len(arrays))
+    def _as_arrays(self, arrays) -> list:
         ins = []
         for k, a in enumerate(arrays):
             if type(a) is not np.ndarray:
@@ -178,12 +198,35 @@ class NativeModule:
             if not a.flags.c_contiguous:
                 a = np.require(a, requirements="C")
             ins.append(a)
-        out_np = self._out_np
+        return ins
 
-        def alloc(shape, k):
-            o = np.empty(shape, dtype=out_np[k])
-            return o, o.ctypes.data
-        return self._call(tuple(a.shape for a in ins), [a.ctypes.data for a in ins], alloc)
+    def run(self, arrays) -> list[np.ndarray]:
+        """Run on numpy arrays (in input order); returns fresh numpy outputs."""
+        if len(arrays) != self._n_in:
+            self._count(len(arrays))
+        fast = self._fast
+        if fast is None:
+            ins = self._as_arrays(arrays)
+            out_np = self._out_np
+
+            def alloc(shape, k):
+                o = np.empty(shape, dtype=out_np[k])
+                return o, o.ctypes.data
+            return self._call(tuple(a.shape for a in ins), [a.ctypes.data for a in ins], alloc)
+        want = self._in_np
+        for k, a in enumerate(arrays):  # the common case costs one identity test per input
+            if type(a) is not np.ndarray or a.dtype is not want[k]:
+                arrays = self._as_arrays(arrays)
+                break
+        shapes = tuple([a.shape for a in arrays])
+        st = self._shapes.get(shapes) or self._state(shapes)
+        outs = [np.empty(s, d) for s, d in zip(st.out_shapes, self._out_np)]
+        rc = self._fast_call(st, arrays, outs)
+        if rc <= -1000:  # an input is not C-contiguous: copy it and go again
+            rc = self._fast_call(st, self._as_arrays(arrays), outs)
+        if rc != 0:
+            raise RuntimeError(f"native model returned error code {rc}")
+        return outs
 
     def run_torch(self, tensors) -> list:
         """Run on CPU torch tensors without copies; returns torch tensors."""
@@ -191,24 +234,34 @@ class NativeModule:
         if self._torch_dtypes is None:
             self._torch_dtypes = [_torch_dtype(torch, d) for d in self._in_np]
             self._torch_out = [_torch_dtype(torch, d) for d in self._out_np]
-        self._count(len(tensors))
+        if len(tensors) != self._n_in:
+            self._count(len(tensors))
         ins = []
+        want = self._torch_dtypes
         for k, t in enumerate(tensors):
-            if not isinstance(t, torch.Tensor):
-                t = torch.as_tensor(np.asarray(t))
-            self._check_dtype(k, t.dtype, self._torch_dtypes[k])
-            if t.device.type != "cpu":
-                t = t.cpu()
-            if not t.is_contiguous():
-                t = t.contiguous()
+            if not (isinstance(t, torch.Tensor) and t.dtype is want[k] and t.is_cpu and t.is_contiguous()):
+                if not isinstance(t, torch.Tensor):
+                    t = torch.as_tensor(np.asarray(t))
+                self._check_dtype(k, t.dtype, want[k])
+                if t.device.type != "cpu":
+                    t = t.cpu()
+                if not t.is_contiguous():
+                    t = t.contiguous()
             ins.append(t)
         out_t = self._torch_out
-
-        def alloc(shape, k):
-            o = torch.empty(shape, dtype=out_t[k])
-            return o, o.data_ptr()
-        with torch.no_grad():
-            return self._call(tuple(tuple(t.shape) for t in ins), [t.data_ptr() for t in ins], alloc)
+        shapes = tuple([tuple(t.shape) for t in ins])
+        if self._fast is None:
+            def alloc(shape, k):
+                o = torch.empty(shape, dtype=out_t[k])
+                return o, o.data_ptr()
+            return self._call(shapes, [t.data_ptr() for t in ins], alloc)
+        st = self._shapes.get(shapes) or self._state(shapes)
+        outs = [torch.empty(s, dtype=d) for s, d in zip(st.out_shapes, out_t)]
+        # ins stay referenced (alive) until the call returns
+        rc = self._fast_call(st, [t.data_ptr() for t in ins], [o.data_ptr() for o in outs])
+        if rc != 0:
+            raise RuntimeError(f"native model returned error code {rc}")
+        return outs
 
 
 def _torch_dtype(torch, np_dtype):

@@ -17,6 +17,7 @@ from ...errors import EmberError
 from ...ir import dtypes
 from ...ir.symbolic import to_c as sym_to_c
 from ...lower.loop_ir import Buffer, Expr, Loop, Matmul, Program, RowKernel
+from .fastmath import C_SOURCE as FASTMATH
 
 ALIGN = 64           # bytes; workspace buffers start on cache-line boundaries
 PARALLEL_MIN = 1 << 15  # elements (x reduction length) below which a kernel stays serial
@@ -29,11 +30,10 @@ PRELUDE = r"""
 #define EMBER_ABI 1
 static inline int64_t ember_fdiv(int64_t a, int64_t b) { int64_t q = a / b; return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q; }
 static inline int64_t ember_fmod(int64_t a, int64_t b) { int64_t r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
-static inline float ember_sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 static inline double ember_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 static inline int64_t ember_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t ember_max64(int64_t a, int64_t b) { return a > b ? a : b; }
-"""
+""" + FASTMATH
 
 
 def compute_type(dt) -> str:
@@ -85,8 +85,8 @@ def nonneg(e: Expr) -> bool:
 
 
 _FN = {  # unary op -> (float, double) C function names
-    "exp": ("expf", "exp"), "log": ("logf", "log"), "sqrt": ("sqrtf", "sqrt"),
-    "tanh": ("tanhf", "tanh"), "erf": ("erff", "erf"), "sin": ("sinf", "sin"),
+    "exp": ("ember_expf", "exp"), "log": ("logf", "log"), "sqrt": ("sqrtf", "sqrt"),
+    "tanh": ("ember_tanhf", "tanh"), "erf": ("ember_erff", "erf"), "sin": ("sinf", "sin"),
     "cos": ("cosf", "cos"), "floor": ("floorf", "floor"), "ceil": ("ceilf", "ceil"),
     "sigmoid": ("ember_sigmoidf", "ember_sigmoid"), "pow": ("powf", "pow"),
 }

@@ -1,0 +1,299 @@
+"""The CPU GEMM: a register-blocked micro-kernel, cache blocking, OpenMP, fused epilogue.
+
+``out[b, i, j] = epilogue(sum_k A[b, i, k] * B[b, k, j])`` for float32 A and B.
+
+* Micro-kernel: an MR x 16 tile (MR <= 6) of C held in 2*MR ymm accumulators; each k step
+  broadcasts MR elements of A (rows of A, unit stride along k) and loads 16 packed elements
+  of B. AVX2/FMA intrinsics when the compiler targets them, a portable C loop otherwise
+  (the same packed layout, so both read the same constants).
+* B layout: panels of 16 columns, ``Bp[(j / 16) * K + k][j % 16]``, zero-padded past N. A
+  constant B (a weight) is packed once at compile time (``ember.lower.packing``); an
+  activation B (attention's Q@K^T, P@V) is packed per task on the fly.
+* Blocking: K in blocks of at most KC (the B micro-panel, KC x 16, stays in L1 while MC
+  rows of A in L2 stream past it); tasks of (batch, MC rows, NC columns) go to OpenMP.
+  Partial sums over K blocks accumulate in C; the epilogue runs on the last block, on the
+  tile just stored (still in L1), element by element in a loop gcc vectorizes.
+* M == 1 with a packed weight is a GEMV: panels are split across threads and each k step
+  feeds eight independent accumulators.
+* Ragged edges: the last row tile uses the micro-kernel for its own MR; a column tile
+  narrower than 16 goes through a small tile buffer.
+"""
+from __future__ import annotations
+
+from ...ir import dtypes
+from ...lower.loop_ir import Matmul
+
+MR, NR = 6, 16
+KC = 256             # K block: KC x 16 floats of B = 16 KiB, half of L1d
+MC_PACKED = 96       # rows per task with a pre-packed B (A block 96 x 256 floats in L2)
+MC_ONTHEFLY = 192    # larger when B is packed per task, so packing is a smaller share
+PARALLEL_MACS = 1 << 17  # multiply-adds below which a GEMM stays on one thread
+TASKS_WANTED = 8     # split N until there are this many tasks (load balance on few cores)
+
+
+def _ukr_avx(mr: int) -> str:
+    acc = ", ".join(f"c{r}0 = _mm256_setzero_ps(), c{r}1 = _mm256_setzero_ps()" for r in range(mr))
+    rows = " ".join(f"const float *restrict a{r} = a + {r} * rs;" for r in range(mr))
+    body = "\n".join(
+        f"    {{ const __m256 av = _mm256_broadcast_ss(a{r} + k); c{r}0 = _mm256_fmadd_ps(av, b0, c{r}0); "
+        f"c{r}1 = _mm256_fmadd_ps(av, b1, c{r}1); }}" for r in range(mr))
+    add = "\n".join(f"    c{r}0 = _mm256_add_ps(c{r}0, _mm256_loadu_ps(c + {r} * ldc)); "
+                    f"c{r}1 = _mm256_add_ps(c{r}1, _mm256_loadu_ps(c + {r} * ldc + 8));" for r in range(mr))
+    store = "\n".join(f"  _mm256_storeu_ps(c + {r} * ldc, c{r}0); _mm256_storeu_ps(c + {r} * ldc + 8, c{r}1);"
+                      for r in range(mr))
+    return f"""static inline void ember_ukr{mr}(int64_t kc, const float *restrict a, int64_t rs,
+    const float *restrict b, float *restrict c, int64_t ldc, int accumulate) {{
+  __m256 {acc};
+  {rows}
+  #pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; k++) {{
+    const __m256 b0 = _mm256_loadu_ps(b + 16 * k), b1 = _mm256_loadu_ps(b + 16 * k + 8);
+{body}
+  }}
+  if (accumulate) {{
+{add}
+  }}
+{store}
+}}
+"""
+
+
+def _ukr_portable(mr: int) -> str:
+    return f"""static inline void ember_ukr{mr}(int64_t kc, const float *restrict a, int64_t rs,
+    const float *restrict b, float *restrict c, int64_t ldc, int accumulate) {{
+  float t[{mr}][16];
+  for (int r = 0; r < {mr}; r++) for (int j = 0; j < 16; j++) t[r][j] = accumulate ? c[r * ldc + j] : 0.0f;
+  for (int64_t k = 0; k < kc; k++)
+    for (int r = 0; r < {mr}; r++) {{
+      const float av = a[r * rs + k];
+      for (int j = 0; j < 16; j++) t[r][j] += av * b[16 * k + j];
+    }}
+  for (int r = 0; r < {mr}; r++) for (int j = 0; j < 16; j++) c[r * ldc + j] = t[r][j];
+}}
+"""
+
+
+_GEMV_AVX = r"""static inline void ember_gemv16(int64_t K, const float *restrict a, int64_t sa,
+    const float *restrict b, float *restrict y) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+  __m256 s4 = _mm256_setzero_ps(), s5 = _mm256_setzero_ps(), s6 = _mm256_setzero_ps(), s7 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 4 <= K; k += 4) {
+    const float *bk = b + 16 * k;
+    const __m256 a0 = _mm256_set1_ps(a[k * sa]), a1 = _mm256_set1_ps(a[(k + 1) * sa]);
+    const __m256 a2 = _mm256_set1_ps(a[(k + 2) * sa]), a3 = _mm256_set1_ps(a[(k + 3) * sa]);
+    s0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(bk), s0); s1 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(bk + 8), s1);
+    s2 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(bk + 16), s2); s3 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(bk + 24), s3);
+    s4 = _mm256_fmadd_ps(a2, _mm256_loadu_ps(bk + 32), s4); s5 = _mm256_fmadd_ps(a2, _mm256_loadu_ps(bk + 40), s5);
+    s6 = _mm256_fmadd_ps(a3, _mm256_loadu_ps(bk + 48), s6); s7 = _mm256_fmadd_ps(a3, _mm256_loadu_ps(bk + 56), s7);
+  }
+  for (; k < K; k++) {
+    const __m256 av = _mm256_set1_ps(a[k * sa]);
+    s0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b + 16 * k), s0);
+    s1 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b + 16 * k + 8), s1);
+  }
+  s0 = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s4, s6));
+  s1 = _mm256_add_ps(_mm256_add_ps(s1, s3), _mm256_add_ps(s5, s7));
+  _mm256_storeu_ps(y, s0); _mm256_storeu_ps(y + 8, s1);
+}
+"""
+
+_GEMV_PORTABLE = r"""static inline void ember_gemv16(int64_t K, const float *restrict a, int64_t sa,
+    const float *restrict b, float *restrict y) {
+  float t[4][16] = {{0}};
+  int64_t k = 0;
+  for (; k + 4 <= K; k += 4)
+    for (int u = 0; u < 4; u++) for (int j = 0; j < 16; j++) t[u][j] += a[(k + u) * sa] * b[16 * (k + u) + j];
+  for (; k < K; k++) for (int j = 0; j < 16; j++) t[0][j] += a[k * sa] * b[16 * k + j];
+  for (int j = 0; j < 16; j++) y[j] = (t[0][j] + t[1][j]) + (t[2][j] + t[3][j]);
+}
+"""
+
+_PACK = r"""/* B[k][j] (strides sk, sn), k < kc, j0 <= j < N, into 16-wide panels, zero-padded. */
+static inline void ember_pack_b(int64_t kc, int64_t nc, int64_t N, int64_t j0, const float *restrict b,
+    int64_t sk, int64_t sn, float *restrict out) {
+  for (int64_t jp = 0; jp < nc; jp += 16) {
+    const int64_t nr = ember_min64(16, N - j0 - jp);
+    float *restrict o = out + jp * kc;
+    if (sn == 1 && nr == 16) {
+      for (int64_t k = 0; k < kc; k++) for (int j = 0; j < 16; j++) o[16 * k + j] = b[k * sk + j0 + jp + j];
+    } else {
+      for (int64_t k = 0; k < kc; k++)
+        for (int j = 0; j < 16; j++) o[16 * k + j] = j < nr ? b[k * sk + (j0 + jp + j) * sn] : 0.0f;
+    }
+  }
+}
+/* rows of A with any strides into a row-major block (unit stride along k) */
+static inline void ember_pack_a(int64_t mc, int64_t kc, const float *restrict a, int64_t sm, int64_t sk,
+    float *restrict out) {
+  for (int64_t i = 0; i < mc; i++) for (int64_t k = 0; k < kc; k++) out[i * kc + k] = a[i * sm + k * sk];
+}
+"""
+
+
+def prelude() -> str:
+    """C helpers shared by every GEMM kernel of a program (printed once)."""
+    avx = "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _GEMV_AVX
+    portable = "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _GEMV_PORTABLE
+    return ("#include <stdlib.h>\n#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n"
+            "#define EMBER_GEMM_AVX2 1\n" + avx + "#else\n" + portable + "#endif\n" + _PACK +
+            "/* out of line: one copy of the six micro-kernels per program keeps compile times short */\n"
+            "static __attribute__((noinline)) void ember_ukr(int mr, int64_t kc, const float *a, int64_t rs, const float *b,\n"
+            "    float *c, int64_t ldc, int accumulate) {\n  switch (mr) {\n" +
+            "".join(f"    case {m}: ember_ukr{m}(kc, a, rs, b, c, ldc, accumulate); break;\n"
+                    for m in range(1, MR + 1)) + "  }\n}\n")
+
+
+def supports(k: Matmul) -> bool:
+    """The micro-kernel path computes in float32: both operands must be f32."""
+    return k.a.buf.dtype is dtypes.f32 and k.b.buf.dtype is dtypes.f32
+
+
+def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
+    """C body of one Matmul kernel.
+
+    ``epilogue_lines(ind, acc_expr, i_name, j_name, out_index) -> list[str]`` prints the
+    store of one element (applying the kernel's epilogue); the caller owns Expr printing.
+    """
+    nb = len(k.batch)
+    A, B, C = params[k.a.buf], params[k.b.buf], params[k.out]
+    packed = getattr(k.b, "packed", 0)
+    out_f32 = k.out.dtype is dtypes.f32
+    sa = [c_dim(s) for s in k.a.strides]
+    sb = [c_dim(s) for s in k.b.strides]
+    L = [f"  const int64_t M = {c_dim(k.M)}, N = {c_dim(k.N)}, K = {c_dim(k.K)};",
+         f"  const int64_t nbatch = {c_dim(_prod(k.batch))};",
+         "  if (nbatch == 0 || M == 0 || N == 0) return;",
+         f"  const int64_t sam = {sa[nb]}, sak = {sa[nb + 1]};"]
+    if not packed:
+        L.append(f"  const int64_t sbk = {sb[nb]}, sbn = {sb[nb + 1]};")
+    # K blocks of nearly equal size (<= KC); one block when C cannot hold partial sums
+    if out_f32:
+        L.append(f"  const int64_t nkb = K > {KC} ? (K + {KC - 1}) / {KC} : 1, kcb = nkb > 1 ? (K + nkb - 1) / nkb : K;")
+    else:
+        L.append("  const int64_t kcb = K;")
+    mc = MC_PACKED if packed else MC_ONTHEFLY
+    L.append(f"  const int64_t mc = M < {mc} ? M : {mc}, mt = (M + mc - 1) / mc;")
+    L.append("  const int64_t n16 = (N + 15) / 16 * 16;")
+    L.append("  int64_t nc = n16;")
+    L.append(f"  while (nbatch * mt * ((n16 + nc - 1) / nc) < {TASKS_WANTED} && nc > 64) nc = (nc / 2 + 15) / 16 * 16;")
+    L.append("  const int64_t nt = (n16 + nc - 1) / nc, ntasks = nbatch * mt * nt;")
+    L.append(f"  const int big = nbatch * M * N * K > {PARALLEL_MACS};")
+
+    def batch_coords(ind, out):
+        rest = "bi"
+        offa, offb = [c_dim(k.a.offset)], [c_dim(k.b.offset)]
+        for d in reversed(range(nb)):
+            out.append(f"{ind}const int64_t i{d} = ({rest}) % {c_dim(k.batch[d])};")
+            rest = f"({rest}) / {c_dim(k.batch[d])}"
+            offa.append(f"i{d} * {sa[d]}")
+            offb.append(f"i{d} * {sb[d]}")
+        out.append(f"{ind}const int64_t oa = {' + '.join(offa)}; (void)oa;")
+        if not packed:
+            out.append(f"{ind}const int64_t ob = {' + '.join(offb)}; (void)ob;")
+
+    # -- GEMV: one row against a packed weight, panels across threads
+    if packed:
+        g = []
+        g.append("    for (int64_t t = 0; t < nbatch * np_; t++) {")
+        g.append("      const int64_t bi = t / np_, jp = t % np_;")
+        batch_coords("      ", g)
+        g.append("      float y[16] __attribute__((aligned(64)));")
+        g.append(f"      ember_gemv16(K, {A} + oa, sak, {B} + jp * K * 16, y);")
+        g.append("      const int64_t j0 = jp * 16, nr = ember_min64(16, N - j0);")
+        g.append(f"      for (int64_t c = 0; c < nr; c++) {{")
+        g += epilogue_lines("        ", "y[c]", "0", "(j0 + c)", "bi * N + j0 + c")
+        g.append("      }")
+        g.append("    }")
+        L.append("  if (M == 1) {")
+        L.append("    const int64_t np_ = n16 / 16;")
+        L.append("    if (big) {")
+        L.append("      #pragma omp parallel for schedule(static)")
+        L += ["  " + x for x in g]
+        L.append("    } else {")
+        L += ["  " + x for x in g]
+        L.append("    }")
+        L.append("    return;")
+        L.append("  }")
+
+    # -- blocked GEMM: tasks of (batch, mc rows, nc columns)
+    body = []
+    body.append("  float *abuf = sak == 1 ? NULL : (float *)malloc(sizeof(float) * mc * kcb);")
+    if not packed:
+        body.append("  float *bbuf = (float *)aligned_alloc(64, sizeof(float) * ((nc * kcb + 15) / 16 * 16));")
+    body.append("  float tile[6 * 16] __attribute__((aligned(64)));")
+    body.append("  #pragma omp for schedule(static)")
+    body.append("  for (int64_t t = 0; t < ntasks; t++) {")
+    body.append("    const int64_t bi = t / (mt * nt), m0 = ((t / nt) % mt) * mc, n0 = (t % nt) * nc;")
+    body.append("    const int64_t m1 = ember_min64(M, m0 + mc), n1 = ember_min64(n16, n0 + nc);")
+    batch_coords("    ", body)
+    body.append("    for (int64_t pc = 0; pc < K; pc += kcb) {")
+    body.append("      const int64_t kc = ember_min64(kcb, K - pc);")
+    body.append("      const int last = pc + kc >= K;")
+    if not packed:
+        body.append(f"      ember_pack_b(kc, n1 - n0, N, n0, {B} + ob + pc * sbk, sbk, sbn, bbuf);")
+    body.append(f"      const float *ablk = {A} + oa + m0 * sam + pc * sak;")
+    body.append("      int64_t rs = sam;")
+    body.append("      if (abuf) { ember_pack_a(m1 - m0, kc, ablk, sam, sak, abuf); ablk = abuf; rs = kc; }")
+    body.append("      for (int64_t j = n0; j < n1; j += 16) {")
+    if packed:
+        body.append(f"        const float *bp = {B} + (j / 16 * K + pc) * 16;")
+    else:
+        body.append("        const float *bp = bbuf + (j - n0) * kc;")
+    body.append("        const int64_t nr = ember_min64(16, N - j);")
+    body.append("        for (int64_t i = m0; i < m1; i += 6) {")
+    body.append("          const int mr = (int)ember_min64(6, m1 - i);")
+    if out_f32:
+        body.append(f"          float *cp = {C} + (bi * M + i) * N + j;")
+        body.append("          const int direct = nr == 16;")
+    else:
+        body.append("          const int direct = 0;")
+    body.append("          const float *src; int64_t lds;")
+    if out_f32:
+        body.append("          if (direct) { ember_ukr(mr, kc, ablk + (i - m0) * rs, rs, bp, cp, N, pc > 0); src = cp; lds = N; }")
+        body.append("          else {")
+    else:
+        body.append("          {")
+    body.append("            ember_ukr(mr, kc, ablk + (i - m0) * rs, rs, bp, tile, 16, 0);")
+    if out_f32:
+        body.append("            if (pc > 0) for (int r = 0; r < mr; r++) for (int64_t c = 0; c < nr; c++) tile[r * 16 + c] += cp[r * N + c];")
+    body.append("            src = tile; lds = 16;")
+    body.append("          }")
+    if k.epilogue is not None or not out_f32:
+        body.append("          if (last || !direct) {")
+        body.append("            for (int r = 0; r < mr; r++)")
+        body.append("              for (int64_t c = 0; c < nr; c++) {")
+        cond = "last" if out_f32 else "1"
+        body.append(f"                if ({cond}) {{")
+        body += epilogue_lines("                  ", "src[r * lds + c]", "(i + r)", "(j + c)",
+                               "(bi * M + i + r) * N + j + c")
+        body.append("                }")
+        if out_f32:
+            body.append("                else cp[r * N + c] = src[r * lds + c];")
+        body.append("              }")
+        body.append("          }")
+    else:
+        body.append("          if (!direct) for (int r = 0; r < mr; r++) for (int64_t c = 0; c < nr; c++) cp[r * N + c] = src[r * lds + c];")
+    body.append("        }")
+    body.append("      }")
+    body.append("    }")
+    body.append("  }")
+    body.append("  free(abuf);")
+    if not packed:
+        body.append("  free(bbuf);")
+    L.append("  if (big) {")
+    L.append("    #pragma omp parallel")
+    L.append("    {")
+    L += ["  " + x for x in body]
+    L.append("    }")
+    L.append("  } else {")
+    L += ["  " + x.replace("#pragma omp for schedule(static)", "") for x in body if "#pragma" not in x]
+    L.append("  }")
+    return "\n".join(L) + "\n"
+
+
+def _prod(dims):
+    out = 1
+    for d in dims:
+        out = out * d
+    return out

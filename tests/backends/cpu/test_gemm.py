@@ -1,0 +1,122 @@
+"""The blocked GEMM (backends/cpu/gemm.py) against numpy: every path, ragged sizes, epilogues.
+
+Paths: a constant B packed at compile time (GEMV when M == 1, blocked otherwise), an
+activation B packed per task, A with unit or other k-stride, K split into blocks with
+partial sums kept in C, and an output that is not float32 (one K block).
+"""
+import numpy as np
+import pytest
+
+from ember.ir import Graph, TensorType, dtypes, sym
+from ember.lower.lowering import lower
+from ember.lower.loop_ir import Matmul
+from ember.lower.packing import pack_panels, unpack_panels
+from ember.testing import check_against_reference
+
+F32 = dtypes.f32
+rng = np.random.default_rng(1)
+SIZES = (1, 2, 7, 63, 64, 65, 513)
+# a sample of (M, N, K) over SIZES: every size in every role, edges of the 6x16 tile and of
+# the 256-deep K block, without the full cube
+MNK = [(1, 1, 1), (1, 513, 65), (1, 7, 513), (2, 7, 63), (2, 64, 1), (7, 65, 64),
+       (7, 1, 513), (63, 2, 7), (63, 64, 65), (64, 63, 513), (64, 513, 2), (65, 65, 65),
+       (65, 7, 1), (513, 2, 64), (513, 65, 7), (513, 63, 513)]
+
+
+def rand(shape):
+    return rng.uniform(-1, 1, size=shape).astype(np.float32)
+
+
+def check(g, input_sets, opt_level=2):
+    return check_against_reference(g, input_sets, rtol=1e-4, atol=2e-4, opt_level=opt_level)
+
+
+def test_pack_panels_round_trip():
+    b = rand((5, 37))
+    p = pack_panels(b)
+    assert p.shape == (3, 5, 16) and np.all(p[2, :, 5:] == 0)
+    np.testing.assert_array_equal(unpack_panels(p, 37), b)
+
+
+def test_constant_b_is_packed():
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, (sym("n"), 20)))
+    g.outputs = [g.op("linear", [x, g.add_const(rand((33, 20)), "w")])]
+    mm = [k for k in lower(g).kernels if isinstance(k, Matmul)]
+    assert len(mm) == 1 and mm[0].b.packed == 16 and mm[0].b.buf.numel == 3 * 20 * 16
+
+
+@pytest.mark.parametrize("m,n,k", MNK)
+def test_constant_b(m, n, k):
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, (m, k)))
+    g.outputs = [g.op("matmul", [x, g.add_const(rand((k, n)), "w")])]
+    check(g, [[rand((m, k))]])
+
+
+@pytest.mark.parametrize("m,n,k", MNK)
+def test_activation_b(m, n, k):
+    g = Graph()
+    a = g.add_input("a", TensorType(F32, (m, k)))
+    b = g.add_input("b", TensorType(F32, (k, n)))
+    g.outputs = [g.op("matmul", [a, b])]
+    check(g, [[rand((m, k)), rand((k, n))]])
+
+
+@pytest.mark.parametrize("epilogue", ["bias", "bias_gelu", "bias_gelu_tanh", "residual"])
+@pytest.mark.parametrize("n,k", [(65, 513), (7, 64), (513, 63)])
+def test_linear_epilogues_any_batch(epilogue, n, k):
+    """Symbolic rows: one build serves M = 1 (the GEMV path), ragged M and large M."""
+    g = Graph()
+    rows = sym("m")
+    x = g.add_input("x", TensorType(F32, (rows, k)))
+    y = g.op("linear", [x, g.add_const(rand((n, k)), "w"), g.add_const(rand((n,)), "b")])
+    if epilogue.startswith("bias_gelu"):
+        y = g.op("gelu", [y], {"approximate": "tanh" if epilogue.endswith("tanh") else "none"})
+    if epilogue == "residual":
+        y = g.op("add", [y, g.add_input("r", TensorType(F32, (rows, n)))])
+    g.outputs = [y]
+    sets = []
+    for m in (1, 2, 65, 200):
+        sets.append([rand((m, k))] + ([rand((m, n))] if epilogue == "residual" else []))
+    compiled = check(g, sets)
+    assert compiled.kernels == 1  # the epilogue was fused into the GEMM
+
+
+def test_batched_broadcast_and_transposed_operands():
+    # attention's shapes: Q @ K^T (B transposed: k-stride 1) and P @ V, with batch dims
+    s, d = sym("s"), 65
+    g = Graph()
+    q = g.add_input("q", TensorType(F32, (2, 3, s, d)))
+    kk = g.add_input("k", TensorType(F32, (2, 3, s, d)))
+    scores = g.op("matmul", [q, g.op("permute", [kk], {"perm": (0, 1, 3, 2)})])
+    g.outputs = [g.op("matmul", [scores, kk])]
+    check(g, [[rand((2, 3, n, d)), rand((2, 3, n, d))] for n in (1, 7, 64)])
+    # A transposed (k-stride != 1: packed per task), B broadcast over the batch
+    g = Graph()
+    a = g.add_input("a", TensorType(F32, (2, 63, 7)))       # used as [2, 7, 63]
+    b = g.add_input("b", TensorType(F32, (63, 65)))
+    g.outputs = [g.op("matmul", [g.op("permute", [a], {"perm": (0, 2, 1)}), b])]
+    check(g, [[rand((2, 63, 7)), rand((63, 65))]])
+
+
+def test_constant_b_with_unit_batch_dim_and_transposed_a():
+    g = Graph()
+    a = g.add_input("a", TensorType(F32, (3, 513, 65)))
+    at = g.op("permute", [a], {"perm": (0, 2, 1)})            # [3, 65, 513], k-stride 65
+    g.outputs = [g.op("matmul", [at, g.add_const(rand((1, 513, 63)), "w")])]
+    check(g, [[rand((3, 513, 65))]])
+
+
+def test_non_float32_output_and_unfused():
+    # the epilogue casts to float64: C cannot hold float32 partial sums, so K is one block
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, (65, 513)))
+    y = g.op("matmul", [x, g.add_const(rand((513, 63)), "w")])
+    g.outputs = [g.op("cast", [y], {"dtype": dtypes.f64})]
+    check_against_reference(g, [[rand((65, 513))]], rtol=1e-4, atol=2e-4, opt_level=2)
+    # opt_level 0: no epilogue fusion, the plain GEMM and a separate pointwise loop
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, (sym("m"), 64)))
+    g.outputs = [g.op("relu", [g.op("matmul", [x, g.add_const(rand((64, 65)), "w")])])]
+    check(g, [[rand((m, 64))] for m in (1, 7, 65)], opt_level=0)
