@@ -73,3 +73,13 @@ class OnnxError(EmberError, ValueError):
 
 class VerificationError(EmberError, AssertionError):
     """A pass changed what the graph computes (found by verify mode); names the pass."""
+
+
+class QuantizationError(EmberError, ValueError):
+    """A quantization request Ember cannot honour: an unknown option, calibration data that
+    does not fit the model (wrong count, shape or dtype of inputs), or an empty calibration
+    set. The message names the batch and input at fault."""
+
+
+class CalibrationError(QuantizationError):
+    """Calibration batches that are empty or do not match the model's inputs."""

@@ -1,1 +1,241 @@
-"""Lowerings for the quantization ops in ember/ir/ops/quant.py, registered into ``rules.RULES``."""
+"""Lowerings for the quantization ops in ember/ir/ops/quant.py, registered into ``rules.RULES``.
+
+The integer GEMMs (``quant_linear``, ``matmul_integer``, ``quant_conv2d``) lower to loop-IR
+*reductions*, not to the ``Matmul`` template: the template computes in the A operand's C type
+and its blocked fp32 kernel (backends/cpu/gemm.py) has no integer path. A reduction whose body
+is ``int32(x[i, k]) * int32(w[n, k])`` over contiguous rows of x and of the (compile-time
+laid out [N, K]) weight is a dot product that gcc vectorizes (widening loads + multiply-add
+in 32-bit lanes). The accumulator is int32 when ``K * max|x| * max|w|`` provably fits, else
+int64: never a saturating instruction, never a silent wrap. Requantization (zero-point
+correction, scales, bias) is the reduction's ``post`` expression, i.e. fused into the store.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import dtypes
+from ..ir.ops.nn import _pair
+from ..ir.ops.quant import qrange
+from ..ir.symbolic import prod
+from . import loop_ir as L
+from .lowering import Lazy, View, out_vars
+from .rules import bcast, reduce_over, reshape, rule
+
+F32, I32, I64 = dtypes.f32, dtypes.i32, dtypes.i64
+
+
+def fconst(v) -> L.Expr:
+    return L.const(float(v), F32)
+
+
+def clamp(e: L.Expr, lo, hi) -> L.Expr:
+    lo = lo if isinstance(lo, L.Expr) else fconst(lo)
+    hi = hi if isinstance(hi, L.Expr) else fconst(hi)
+    return L.binary("min", L.binary("max", e, lo), hi)
+
+
+def round_half_even(v: L.Expr) -> L.Expr:
+    """Round an f32 expression to the nearest integer, ties to even (exact: v - floor(v) is
+    exact in floating point, and only floor, compare and select are used, which vectorize)."""
+    r = L.unary("floor", v)
+    d = v - r
+    odd = r - fconst(2.0) * L.unary("floor", r * fconst(0.5))      # 1.0 when r is odd
+    up = L.where(L.binary("gt", d, fconst(0.5)), fconst(1.0),
+                 L.where(L.binary("lt", d, fconst(0.5)), fconst(0.0), odd))
+    return r + up
+
+
+def _param(ref, x_shape, axis):
+    """Loader of a per-tensor or per-axis scale / zero point at an index of ``x_shape``."""
+    if len(ref.shape) == 0:
+        return lambda ix: ref.load([])
+    if ref.shape[0] == 1:
+        return lambda ix: ref.load([L.idx(0)])
+    ax = axis % len(x_shape)
+    return lambda ix: ref.load([ix[ax]])
+
+
+def quantize_expr(v: L.Expr, inv_or_scale: L.Expr, zp: L.Expr, dt, divide: bool) -> L.Expr:
+    """saturate(round_half_even(v / scale) + zp) as an expression of dtype ``dt``."""
+    lo, hi = qrange(dt)
+    zf = L.cast(zp, F32)
+    q = v / inv_or_scale if divide else v * inv_or_scale
+    q = clamp(q, fconst(lo) - zf, fconst(hi) - zf)   # integer bounds: clamp then round = round then clamp
+    return L.cast(round_half_even(q) + zf, dt)
+
+
+@rule("quantize_linear")
+def _quantize_linear(lw, n, r):
+    x, s, z = r
+    out, axis = n.outputs[0], n.attrs["axis"]
+    sl, zl = _param(s, x.shape, axis), _param(z, x.shape, axis)
+    return Lazy(out.shape, out.dtype,
+                lambda ix: quantize_expr(L.cast(x.load(ix), F32), sl(ix), zl(ix), out.dtype, True))
+
+
+@rule("dequantize_linear")
+def _dequantize_linear(lw, n, r):
+    q, s = r[0], r[1]
+    out, axis = n.outputs[0], n.attrs["axis"]
+    sl = _param(s, q.shape, axis)
+    zl = _param(r[2], q.shape, axis) if len(r) > 2 else None
+
+    def fn(ix):
+        v = L.cast(q.load(ix), I32)
+        if zl is not None:
+            v = v - L.cast(zl(ix), I32)
+        return L.cast(v, F32) * sl(ix)
+    return Lazy(out.shape, out.dtype, fn)
+
+
+@rule("dynamic_quantize")
+def _dynamic_quantize(lw, n, r):
+    x = lw.as_view(r[0])  # read three times (min, max, quantize): compute it once
+    per_row, dt = n.attrs["per_row"], n.attrs["dtype"]
+    qv, sv, zv = n.outputs
+    rank = len(x.shape)
+    axes = [rank - 1] if per_row else list(range(rank))
+    pshape = tuple(sv.shape)
+    if dt is dtypes.u8:
+        mn = reduce_over(lw, x, axes, per_row, "min")
+        mx = reduce_over(lw, x, axes, per_row, "max")
+
+        def scale_fn(ix):
+            lo = L.binary("min", mn.load(ix), fconst(0.0))
+            hi = L.binary("max", mx.load(ix), fconst(0.0))
+            sc = (hi - lo) * fconst(np.float32(1 / 255))
+            return L.where(L.binary("eq", sc, fconst(0.0)), fconst(1.0), sc)
+        scale = lw.store(Lazy(pshape, F32, scale_fn), sv)
+
+        def zp_fn(ix):
+            lo = L.binary("min", mn.load(ix), fconst(0.0))
+            inv = L.unary("reciprocal", scale.load(ix))
+            z = round_half_even(clamp(L.unary("neg", lo * inv), 0.0, 255.0))
+            return L.cast(clamp(z, 0.0, 255.0), dt)
+        zp = lw.store(Lazy(pshape, dt, zp_fn), zv)
+    else:
+        amax = reduce_over(lw, Lazy(x.shape, F32, lambda ix: L.unary("abs", x.load(ix))), axes, per_row, "max")
+
+        def scale_fn(ix):
+            sc = amax.load(ix) * fconst(np.float32(1 / 127))
+            return L.where(L.binary("eq", sc, fconst(0.0)), fconst(1.0), sc)
+        scale = lw.store(Lazy(pshape, F32, scale_fn), sv)
+        zp = lw.store(Lazy(pshape, dt, lambda ix: L.const(0, dt)), zv)
+    sb, zb = bcast(scale, x.shape), bcast(zp, x.shape)
+    q = lw.store(Lazy(x.shape, dt, lambda ix: quantize_expr(
+        x.load(ix), L.unary("reciprocal", sb(ix)), zb(ix), dt, False)), qv)
+    return [q, scale, zp]
+
+
+def _acc_dtype(k, x_dt, w_dt):
+    """int32 when K products of the operands' extremes provably fit, else int64."""
+    if not isinstance(k, int):
+        return I64
+    ext = lambda dt: max(abs(v) for v in qrange(dt))  # noqa: E731
+    # zero points can shift an operand by up to its range: bound |x - zp| by 255
+    return I32 if k * 255 * ext(w_dt) * 2 < 2 ** 31 else I64
+
+
+def _all_zero(lw, ref) -> bool:
+    arr = lw.const_array(ref)
+    return arr is not None and not np.any(arr)
+
+
+@rule("quant_linear")
+def _quant_linear(lw, n, r):
+    xq, xs, xz, wq, ws = r[:5]
+    bias = r[5] if len(r) > 5 else None
+    out = n.outputs[0]
+    K, N = xq.shape[-1], wq.shape[0]
+    m = prod(xq.shape[:-1])
+    x2 = reshape(lw.as_view(xq), (m, K))
+    x2 = lw.as_view(x2)
+    per_row = len(xs.shape) > 0
+    xs2 = reshape(xs, (m, 1)) if per_row else xs
+    xz2 = reshape(xz, (m, 1)) if per_row else xz
+    acc_t = _acc_dtype(K, xq.dtype, wq.dtype)
+    w = lw.as_view(wq)
+    i0, i1 = out_vars(2)
+    r0 = L.var("r0")
+    body = L.cast(x2.load([i0, r0]), acc_t) * L.cast(w.load([i1, r0]), acc_t)
+    acc = L.var("acc", acc_t)
+    if not _all_zero(lw, xz):
+        warr = lw.const_array(w)
+        if warr is not None:  # sum_k w[n, k], computed once at compile time
+            wsum = lw.const(warr.astype(np.int64).sum(axis=1).astype(acc_t.np), acc_t, w.buf.name + "_sum")
+        else:
+            wsum = reduce_over(lw, Lazy(w.shape, acc_t, lambda ix: L.cast(w.load(ix), acc_t)), [1], False,
+                               "sum", dtype=acc_t)
+        zl = (lambda: xz2.load([i0, L.idx(0)])) if per_row else (lambda: xz2.load([]))
+        acc = acc - L.cast(zl(), acc_t) * wsum.load([i1])
+    sl = xs2.load([i0, L.idx(0)]) if per_row else xs2.load([])
+    wl = ws.load([]) if len(ws.shape) == 0 else ws.load([L.idx(0)] if ws.shape[0] == 1 else [i1])
+    post = L.cast(acc, F32) * (sl * wl)
+    if bias is not None:
+        post = post + bias.load([i1])
+    res = lw.reduce(F32, (m, N), (K,), body, "sum", post, out)
+    return reshape(res, out.shape)
+
+
+@rule("matmul_integer")
+def _matmul_integer(lw, n, r):
+    a, b = r[0], r[1]
+    out = n.outputs[0]
+    shape = tuple(out.shape)
+    rank = len(shape)
+    K = a.shape[-1]
+    acc_t = _acc_dtype(K, a.dtype, b.dtype)
+    ov = out_vars(rank)
+    r0 = L.var("r0")
+
+    def operand(ref, rows, cols):
+        lead = (rank - 2) - (len(ref.shape) - 2)
+        bix = [L.idx(0) if d == 1 and o != 1 else i
+               for i, d, o in zip(ov[lead:rank - 2], ref.shape[:-2], shape[lead:rank - 2])]
+        return ref.load(bix + [rows, cols])
+    av = L.cast(operand(a, ov[-2], r0), acc_t)
+    bv = L.cast(operand(b, r0, ov[-1]), acc_t)
+    def zp_at(z, i):
+        if len(z.shape) == 1 and z.shape[0] != 1:
+            return L.cast(z.load([i]), acc_t)
+        return L.cast(z.load([L.idx(0)] * len(z.shape)), acc_t)
+    if len(r) > 2:
+        av = av - zp_at(r[2], ov[-2])
+    if len(r) > 3:
+        bv = bv - zp_at(r[3], ov[-1])
+    post = L.cast(L.var("acc", acc_t), I32) if acc_t is not I32 else None
+    return lw.reduce(I32, shape, (K,), av * bv, "sum", post, out)
+
+
+@rule("quant_conv2d")
+def _quant_conv2d(lw, n, r):
+    xq, xs, xz, wq, ws = r[:5]
+    bias = r[5] if len(r) > 5 else None
+    out = n.outputs[0]
+    (sh, sw), (ph, pw), (dh, dw) = (_pair(n.attrs[k]) for k in ("stride", "padding", "dilation"))
+    groups = n.attrs["groups"]
+    O, Cg, KH, KW = wq.shape
+    H, W = xq.shape[2], xq.shape[3]
+    i0, i1, i2, i3 = out_vars(4)
+    rc, rh, rw = out_vars(3, "r")
+    og = O // groups
+    cin = (i1 // og) * Cg + rc if groups > 1 else rc
+    hh = i2 * sh + rh * dh - ph
+    ww = i3 * sw + rw * dw - pw
+    xv = lw.as_view(xq)
+    acc_t = _acc_dtype(Cg * KH * KW, xq.dtype, wq.dtype)
+    xi = xv.flat_index([i0, cin, hh, ww])
+    zp = L.cast(xz.load([]), acc_t)
+    if ph == 0 and pw == 0:
+        xval = L.cast(L.load(xv.buf, xi), acc_t) - zp
+    else:
+        inb = L.binary("and", L.binary("and", L.binary("ge", hh, 0), L.binary("lt", hh, L.idx(H))),
+                       L.binary("and", L.binary("ge", ww, 0), L.binary("lt", ww, L.idx(W))))
+        safe = L.load(xv.buf, L.where(inb, xi, L.idx(0)))
+        xval = L.where(inb, L.cast(safe, acc_t) - zp, L.const(0, acc_t))
+    body = xval * L.cast(wq.load([i1, rc, rh, rw]), acc_t)
+    wl = ws.load([]) if len(ws.shape) == 0 else ws.load([L.idx(0)] if ws.shape[0] == 1 else [i1])
+    post = L.cast(L.var("acc", acc_t), F32) * (xs.load([]) * wl)
+    if bias is not None:
+        post = post + bias.load([i1])
+    return lw.reduce(F32, out.shape, (Cg, KH, KW), body, "sum", post, out)

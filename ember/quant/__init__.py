@@ -1,1 +1,15 @@
-"""INT8 quantization: observers, calibration, the rewrite to int8 ops, the accuracy report."""
+"""INT8 quantization: observers, calibration, the rewrite to int8 ops, the accuracy report.
+
+>>> q = ember.compile(model, (x,), quantize="dynamic")
+>>> q = ember.compile(model, (x,), quantize=ember.quant.static(batches, observer="percentile"))
+>>> print(q.quant_report)
+
+See docs/quantization.md.
+"""
+from .config import QUANTIZABLE_OPS, QuantConfig, dynamic, static  # noqa: F401
+from .observers import OBSERVERS, Observer, qparams  # noqa: F401
+from .quantize import QuantizationWarning, quantize_graph, quantize_weight  # noqa: F401
+from .report import LayerReport, QuantReport  # noqa: F401
+
+__all__ = ["dynamic", "static", "quantize_graph", "QuantConfig", "QuantReport", "LayerReport",
+           "QuantizationWarning", "Observer", "OBSERVERS"]
