@@ -88,7 +88,7 @@ class NativeModule:
         self._shapes: dict = {}
         self._shapes_lock = threading.Lock()
         self._pool: list[_Slot] = []
-        self._torch_dtypes = self._torch_out = None
+        self._torch_dtypes = self._torch_out = self._torch = None
         self._n_in = len(inputs)
         self._fast = fastcall.load()   # None: call through ctypes
         self._fn_addr = ctypes.cast(self._main, _P).value
@@ -230,16 +230,18 @@ class NativeModule:
 
     def run_torch(self, tensors) -> list:
         """Run on CPU torch tensors without copies; returns torch tensors."""
-        import torch
-        if self._torch_dtypes is None:
+        torch = self._torch
+        if torch is None:
+            import torch
             self._torch_dtypes = [_torch_dtype(torch, d) for d in self._in_np]
             self._torch_out = [_torch_dtype(torch, d) for d in self._out_np]
+            self._torch = torch
         if len(tensors) != self._n_in:
             self._count(len(tensors))
         ins = []
-        want = self._torch_dtypes
+        want, tensor = self._torch_dtypes, torch.Tensor
         for k, t in enumerate(tensors):
-            if not (isinstance(t, torch.Tensor) and t.dtype is want[k] and t.is_cpu and t.is_contiguous()):
+            if not (isinstance(t, tensor) and t.dtype is want[k] and t.is_cpu and t.is_contiguous()):
                 if not isinstance(t, torch.Tensor):
                     t = torch.as_tensor(np.asarray(t))
                 self._check_dtype(k, t.dtype, want[k])
@@ -256,7 +258,10 @@ class NativeModule:
                 return o, o.data_ptr()
             return self._call(shapes, [t.data_ptr() for t in ins], alloc)
         st = self._shapes.get(shapes) or self._state(shapes)
-        outs = [torch.empty(s, dtype=d) for s, d in zip(st.out_shapes, out_t)]
+        # torch.empty(*shape) skips keyword parsing, which costs as much as the allocation
+        default = torch.get_default_dtype()
+        outs = [torch.empty(*s) if d is default and s else torch.empty(s, dtype=d)
+                for s, d in zip(st.out_shapes, out_t)]
         # ins stay referenced (alive) until the call returns
         rc = self._fast_call(st, [t.data_ptr() for t in ins], [o.data_ptr() for o in outs])
         if rc != 0:
