@@ -267,7 +267,7 @@ def quantize_graph(graph: Graph, quantize, example_inputs=None):
     out_names = {n.name: n.outputs[0].name for n in graph.nodes if n.name in layers}
 
     ref_outs, ref_tr = _run(graph, ev, set(out_names[k] for k in chosen)) if ev else ([], [])
-    if ev:
+    if ev and cfg.min_cosine is not None:
         q_outs, _ = _run(qgraph, ev)
         cos = _output_cosines(ref_outs, q_outs)
         if cfg.min_cosine is not None and np.mean(cos) < cfg.min_cosine:
