@@ -513,7 +513,12 @@ def from_torch(model: torch.nn.Module, example_inputs, dynamic: dict | None = No
             v = add_const(g, np.array(v), "output_const")
         outs.append(v)
     if bad:
-        raise _unsupported(bad)
+        err = _unsupported(bad)
+        # what ember.fallback needs to split the program instead of exporting it again
+        err.torch_context = {"ep": ep, "sym_names": sym_names, "hints": hints,
+                             "sym_ranges": dict(g.sym_ranges), "input_names": [n for n, _ in names],
+                             "user_specs": user_specs}
+        raise err
     g.outputs = outs
     g.output_names = _output_names(ep.call_spec.out_spec, len(outs))
     g.meta["torch_out_spec"] = ep.call_spec.out_spec

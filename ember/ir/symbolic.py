@@ -220,7 +220,31 @@ def floordiv(a: Dim, b: Dim) -> Dim:
     q = _divide_exact(SymExpr._of(a), SymExpr._of(b))
     if q is not None:
         return q
+    whole, rest = _split_multiple(a, b)
+    if whole is not None:  # (b*Q + R) // b = Q + R // b: (h - 4) // 4 + 1 is h // 4
+        return whole + floordiv(rest, b)
+    if isinstance(a, SymExpr) and isinstance(b, int) and b > 0 and len(a.terms) == 1:
+        (m, c), = a.terms.items()
+        if c == 1 and len(m) == 1 and m[0].kind == "floordiv" and isinstance(m[0].args[1], int) \
+                and m[0].args[1] > 0:  # (x // p) // q = x // (p*q) for positive p, q
+            return floordiv(m[0].args[0], m[0].args[1] * b)
     return SymExpr({(_Atom("floordiv", (a, b)),): 1})
+
+
+def _split_multiple(a: Dim, b: Dim):
+    """(Q, R) with a = b*Q + R, Q the terms whose coefficients b divides; (None, a) if none."""
+    if not (isinstance(a, SymExpr) and isinstance(b, int) and b > 0):
+        return None, a
+    whole, rest = {}, {}
+    for m, c in a.terms.items():
+        q, r = divmod(c, b)
+        if q:
+            whole[m] = q
+        if r:
+            rest[m] = r
+    if not whole:
+        return None, a
+    return normalize(whole), normalize(rest)
 
 
 def mod(a: Dim, b: Dim) -> Dim:
@@ -230,6 +254,9 @@ def mod(a: Dim, b: Dim) -> Dim:
         return 0
     if _divide_exact(SymExpr._of(a), SymExpr._of(b)) is not None:
         return 0
+    whole, rest = _split_multiple(a, b)
+    if whole is not None:  # (b*Q + R) % b = R % b
+        return mod(rest, b)
     return SymExpr({(_Atom("mod", (a, b)),): 1})
 
 
