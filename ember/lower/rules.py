@@ -328,6 +328,10 @@ def _conv2d(lw, n, r):
     groups = n.attrs["groups"]
     O, Cg, KH, KW = w.shape
     H, W = x.shape[2], x.shape[3]
+    if groups == 1 and x.dtype is dtypes.f32 and out.dtype is dtypes.f32:
+        res = _conv2d_gemm(lw, x, w, bias, out, (sh, sw), (ph, pw), (dh, dw))
+        if res is not None:
+            return res
     i0, i1, i2, i3 = out_vars(4)
     rc, rh, rw = out_vars(3, "r")
     og = O // groups
@@ -343,6 +347,42 @@ def _conv2d(lw, n, r):
     body = L.masked_load(xv.buf, xi, inb, 0.0) * w.load([i1, rc, rh, rw])
     post = (L.var("acc", out.dtype) + bias.load([i1])) if bias is not None else None
     return lw.reduce(out.dtype, out.shape, (Cg, KH, KW), body, "sum", post, out)
+
+
+def _conv2d_gemm(lw, x, w, bias, out, stride, pad, dil):
+    """conv2d as a GEMM per image: out[n] (O x Ho*Wo) = W (O x C*KH*KW) @ cols[n].
+
+    ``cols`` is the im2col matrix (one stored gather, zeros for the padding); a 1x1
+    convolution with stride 1 and no padding reads the input as it is. The weight is
+    the GEMM's A operand, read in place (unit stride along K); the output comes out in
+    NCHW order, with the bias as the GEMM epilogue.
+    """
+    wv = lw.const_array(w)
+    if wv is None:
+        return None
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dil
+    O, C, KH, KW = w.shape
+    N, H, W = x.shape[0], x.shape[2], x.shape[3]
+    Ho, Wo = out.shape[2], out.shape[3]
+    K = C * KH * KW
+    a = lw.const(np.ascontiguousarray(wv.reshape(O, K)), w.dtype, w.buf.name + "_gemm")
+    xv = lw.as_view(x)
+    if KH == KW == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0) and xv.is_contiguous:
+        cols = View(xv.buf, (N, K, H * W), None, xv.offset)
+    else:
+        def gather(ix):
+            i0, c, rh, rw, ho, wo = ix
+            hh, ww = ho * sh + rh * dh - ph, wo * sw + rw * dw - pw
+            inb = L.const(True, dtypes.bool_)
+            if ph or pw:
+                inb = L.binary("and", L.binary("and", L.binary("ge", hh, 0), L.binary("lt", hh, L.idx(H))),
+                               L.binary("and", L.binary("ge", ww, 0), L.binary("lt", ww, L.idx(W))))
+            return L.masked_load(xv.buf, xv.flat_index([i0, c, hh, ww]), inb, 0.0)
+        stored = lw.store(Lazy((N, C, KH, KW, Ho, Wo), x.dtype, gather))
+        cols = View(stored.buf, (N, K, Ho * Wo))
+    epi = (lambda acc, ix: acc + bias.load([ix[1]])) if bias is not None else None
+    res = emit_matmul(lw, a, cols, (N, O, Ho * Wo), out.dtype, out, epi)
+    return View(res.buf, out.shape)
 
 
 def _window(n, x, kind):

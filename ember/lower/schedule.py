@@ -116,8 +116,13 @@ def fuse_epilogues(prog: Program, log: list | None = None) -> Program:
                 continue
             j = rs[0]
             p = prog.kernels[j]
-            if not isinstance(p, Loop) or p.reduce is not None or tuple(p.shape) != _out_shape(k):
+            if not isinstance(p, Loop) or p.reduce is not None:
                 continue
+            remap = None
+            if tuple(p.shape) != _out_shape(k):
+                remap = _split_columns(k, p)   # a conv's GEMM: [n, O, Ho*Wo] read as [n, O, Ho, Wo]
+                if remap is None:
+                    continue
             flat = View(t, p.shape).flat_index(out_vars(len(p.shape)))
             loads = _loads(p.body, t, [])
             if not loads or not all(same(ld.args[0], flat) for ld in loads):
@@ -128,7 +133,11 @@ def fuse_epilogues(prog: Program, log: list | None = None) -> Program:
             acc = L.var("acc", k.out.dtype)
             old = k.epilogue if isinstance(k, Matmul) else k.reduce.post
             value = old if old is not None else acc
-            new = _replace(p.body, loads[0], value)
+            body, target = p.body, loads[0]
+            if remap is not None:
+                memo: dict = {}
+                body, target = _subst_vars(body, remap, memo), _subst_vars(target, remap, memo)
+            new = _replace(body, target, value)
             if isinstance(k, Matmul):
                 k.epilogue = new
             else:
@@ -141,6 +150,44 @@ def fuse_epilogues(prog: Program, log: list | None = None) -> Program:
             changed = True
             break
     return prog
+
+
+def _split_columns(k, p: Loop) -> dict | None:
+    """When ``p`` reads a Matmul's output with its last (column) dim split into several
+    trailing dims, the consumer's loop vars as expressions of the Matmul's; else None."""
+    if not isinstance(k, Matmul):
+        return None
+    out, shape = _out_shape(k), tuple(p.shape)
+    r = len(out)
+    tail = shape[r - 1:]
+    if len(shape) <= r or shape[:r - 1] != out[:r - 1] or not all(isinstance(d, int) for d in tail):
+        return None
+    total = 1
+    for d in tail:
+        total *= d
+    if total != out[-1]:
+        return None
+    col, m, stride = L.var(f"i{r - 1}"), {}, total
+    for j, d in enumerate(tail):
+        stride //= d
+        e = col if stride == 1 else L.binary("floordiv", col, L.idx(stride))
+        m[f"i{r - 1 + j}"] = e if j == 0 else L.binary("mod", e, L.idx(d))
+    return m
+
+
+def _subst_vars(e: Expr, m: dict, memo: dict) -> Expr:
+    """``e`` with loop vars renamed by ``m`` (name -> Expr), all at once."""
+    if id(e) in memo:
+        return memo[id(e)]
+    if e.op == "var":
+        r = m.get(e.arg, e)
+    elif not e.args:
+        r = e
+    else:
+        args = tuple(_subst_vars(a, m, memo) for a in e.args)
+        r = e if all(x is y for x, y in zip(args, e.args)) else L.Expr(e.op, args, e.dtype, e.arg)
+    memo[id(e)] = r
+    return r
 
 
 def _bufs_of(p: Loop) -> set:

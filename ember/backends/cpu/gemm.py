@@ -28,7 +28,7 @@ KC = 256             # K block: KC x 16 floats of B = 16 KiB, half of L1d
 MC_PACKED = 96       # rows per task with a pre-packed B (A block 96 x 256 floats in L2)
 MC_ONTHEFLY = 192    # larger when B is packed per task, so packing is a smaller share
 PARALLEL_MACS = 1 << 17  # multiply-adds below which a GEMM stays on one thread
-TASKS_WANTED = 8     # split N until there are this many tasks (load balance on few cores)
+TASKS_WANTED = 16    # split N until there are this many tasks (load balance on few cores)
 
 
 def _ukr_avx(mr: int) -> str:
@@ -208,7 +208,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
         L.append("  if (M == 1) {")
         L.append("    const int64_t np_ = n16 / 16;")
         L.append("    if (big) {")
-        L.append("      #pragma omp parallel for schedule(static)")
+        L.append("      #pragma omp parallel for schedule(dynamic, 4)")
         L += ["  " + x for x in g]
         L.append("    } else {")
         L += ["  " + x for x in g]
@@ -222,7 +222,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     if not packed:
         body.append("  float *bbuf = (float *)aligned_alloc(64, sizeof(float) * ((nc * kcb + 15) / 16 * 16));")
     body.append("  float tile[6 * 16] __attribute__((aligned(64)));")
-    body.append("  #pragma omp for schedule(static)")
+    body.append("  #pragma omp for schedule(dynamic, 1)")
     body.append("  for (int64_t t = 0; t < ntasks; t++) {")
     body.append("    const int64_t bi = t / (mt * nt), m0 = ((t / nt) % mt) * mc, n0 = (t % nt) * nc;")
     body.append("    const int64_t m1 = ember_min64(M, m0 + mc), n1 = ember_min64(n16, n0 + nc);")
@@ -287,7 +287,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     L += ["  " + x for x in body]
     L.append("    }")
     L.append("  } else {")
-    L += ["  " + x.replace("#pragma omp for schedule(static)", "") for x in body if "#pragma" not in x]
+    L += ["  " + x for x in body if "#pragma" not in x]
     L.append("  }")
     return "\n".join(L) + "\n"
 

@@ -120,3 +120,18 @@ def test_non_float32_output_and_unfused():
     x = g.add_input("x", TensorType(F32, (sym("m"), 64)))
     g.outputs = [g.op("relu", [g.op("matmul", [x, g.add_const(rand((64, 65)), "w")])])]
     check(g, [[rand((m, 64))] for m in (1, 7, 65)], opt_level=0)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (1, 1, 0), (1, 2, 0), (7, 2, 3)])
+def test_conv2d_as_gemm_with_residual_epilogue(kernel, stride, padding):
+    """conv2d lowers to im2col + GEMM (a 1x1 stride-1 conv reads its input in place); bias,
+    a residual add and ReLU fold into the GEMM epilogue through the [n, O, H, W] view."""
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, (sym("n"), 5, 13, 11)))
+    w, b = g.add_const(rand((17, 5, kernel, kernel)), "w"), g.add_const(rand((17,)), "b")
+    y = g.op("conv2d", [x, w, b], {"stride": (stride, stride), "padding": (padding, padding)})
+    ho, wo = (13 + 2 * padding - kernel) // stride + 1, (11 + 2 * padding - kernel) // stride + 1
+    y = g.op("relu", [g.op("add", [y, g.add_input("r", TensorType(F32, (sym("n"), 17, ho, wo)))])])
+    g.outputs = [y]
+    compiled = check(g, [[rand((n, 5, 13, 11)), rand((n, 17, ho, wo))] for n in (1, 3)])
+    assert compiled.kernels == (1 if (kernel, stride) == (1, 1) else 2)
