@@ -824,6 +824,182 @@ def _lift(cx, x):
     return x
 
 
+# ---------------------------------------------------------------- ops the model families need
+
+@conv("aten.native_group_norm.default")
+def _group_norm(cx, x, w, b, n, c, hw, groups, eps):
+    """Group norm (wav2vec2 / HuBERT feature encoders, diffusion U-Nets): layer_norm over
+    [N, G, C/G * spatial], then the per-channel affine."""
+    shape = tuple(x.shape)
+    c = shape[1]
+    if not isinstance(c, int):
+        raise Unsupported("group norm over a symbolic channel count")
+    rest = prod(shape[2:]) if len(shape) > 2 else 1
+    y = cx.op("reshape", [x], {"shape": (shape[0], groups, (c // groups) * rest)})
+    y = cx.op("layer_norm", [y], {"axis": 2, "eps": eps})
+    y = cx.op("reshape", [y], {"shape": shape})
+    per_channel = (c,) + (1,) * (len(shape) - 2)
+    if w is not None:
+        y = cx.op("mul", [y, cx.op("reshape", [w], {"shape": per_channel})])
+    if b is not None:
+        y = cx.op("add", [y, cx.op("reshape", [b], {"shape": per_channel})])
+    return [y, None, None]
+
+
+@conv("aten.linalg_vector_norm.default")
+def _vector_norm(cx, x, ord=2, dim=None, keepdim=False, dtype=None):
+    """p-norms (ConvNeXt-V2's global response norm, normalize()): sum(|x|^p)^(1/p)."""
+    dt = cx.out_dtype()
+    x = cx.cast(x, dt)
+    axes = _axes(x, dim)
+    red = {"axes": axes, "keepdims": keepdim}
+    if ord == float("inf"):
+        return cx.op("max", [cx.op("abs", [x])], red)
+    if ord == float("-inf"):
+        return cx.op("min", [cx.op("abs", [x])], red)
+    if ord == 2:
+        return cx.op("sqrt", [cx.op("sum", [cx.op("mul", [x, x])], red)])
+    if ord == 1:
+        return cx.op("sum", [cx.op("abs", [x])], red)
+    if ord == 0 or not isinstance(ord, (int, float)):
+        raise Unsupported(f"vector norm of order {ord}")
+    s = cx.op("sum", [cx.op("pow", [cx.op("abs", [x]), cx.const(float(ord), dt)])], red)
+    return cx.op("pow", [s, cx.const(1.0 / ord, dt)])
+
+
+@conv("aten.as_strided.default")
+def _as_strided(cx, x, size, stride, offset=0):
+    """Only the case decompositions produce: a contiguous view of a contiguous tensor."""
+    src = cx.node.args[0].meta.get("val")
+    if not (isinstance(src, torch.Tensor) and src.is_contiguous() and (offset or 0) == 0
+            and src.storage_offset() == 0):
+        raise Unsupported("as_strided over a non-contiguous tensor or with an offset")
+    out = cx.out_shape()
+    want, run = [], 1
+    for d in reversed(out):
+        want.append(run)
+        run = run * d
+    want = want[::-1]
+    for d, s, w in zip(out, stride, want):
+        if d != 1 and cx.dim(s) != w:
+            raise Unsupported("as_strided with non-contiguous strides")
+    return _reshape_to(cx, x, out)
+
+
+@conv("aten.slice_scatter.default")
+def _slice_scatter(cx, x, src, dim=0, start=None, end=None, step=1):
+    """x with x[start:end] along ``dim`` replaced by ``src`` (step 1): a concat of three parts."""
+    if step != 1:
+        raise Unsupported("slice_scatter with a step")
+    ax = _axis(dim, _rank(x))
+    size = x.shape[ax]
+    start = _norm_index(cx, 0 if start is None else start, size)
+    end = size if end is None else _norm_index(cx, end, size)
+    parts = []
+    if start != 0:
+        parts.append(cx.op("slice", [x], {"axis": ax, "start": 0, "end": start, "step": 1}))
+    parts.append(cx.cast(src, x.dtype))
+    if end != size:
+        parts.append(cx.op("slice", [x], {"axis": ax, "start": end, "end": size, "step": 1}))
+    return parts[0] if len(parts) == 1 else cx.op("concat", parts, {"axis": ax})
+
+
+def _src_index(cx, n_in, n_out, scale, align, cubic=False):
+    """Source coordinate per output position, as torch's area_pixel_compute_source_index."""
+    f = dtypes.f32
+    pos = cx.cast(cx.op("arange", [], {"start": 0, "end": n_out, "step": 1, "dtype": dtypes.i64}), f)
+    if align:
+        if isinstance(n_out, int) and n_out <= 1:
+            return cx.op("mul", [pos, cx.const(0.0, f)])
+        r = cx.op("div", [cx.value(n_in - 1, f), cx.value(n_out - 1, f)])
+        return cx.op("mul", [pos, r])
+    r = cx.const(float(scale), f) if scale is not None else \
+        cx.op("div", [cx.value(n_in, f), cx.value(n_out, f)])
+    src = cx.op("sub", [cx.op("mul", [cx.op("add", [pos, cx.const(0.5, f)]), r]), cx.const(0.5, f)])
+    return src if cubic else cx.op("maximum", [src, cx.const(0.0, f)])
+
+
+def _resize_axis(cx, x, ax, n_out, mode, align, scale):
+    n_in = x.shape[ax]
+    if n_in == n_out and (mode == "nearest" or scale is None or scale == 1.0):
+        return x
+    f, i64 = dtypes.f32, dtypes.i64
+    last = cx.value(n_in - 1, i64)
+    if mode == "nearest":
+        pos = cx.cast(cx.op("arange", [], {"start": 0, "end": n_out, "step": 1, "dtype": i64}), f)
+        r = cx.const(float(scale), f) if scale is not None else \
+            cx.op("div", [cx.value(n_in, f), cx.value(n_out, f)])
+        idx = cx.op("minimum", [cx.cast(cx.op("floor", [cx.op("mul", [pos, r])]), i64), last])
+        return cx.op("index_select", [x, idx], {"axis": ax})
+    src = _src_index(cx, n_in, n_out, scale, align)
+    i0f = cx.op("floor", [src])
+    i0 = cx.op("minimum", [cx.cast(i0f, i64), last])
+    i1 = cx.op("minimum", [cx.op("add", [i0, cx.const(1, i64)]), last])
+    lam = cx.op("sub", [src, i0f])
+    shape = (n_out,) + (1,) * (_rank(x) - 1 - ax)
+    lam = cx.cast(cx.op("reshape", [lam], {"shape": shape}), x.dtype)
+    x0 = cx.op("index_select", [x, i0], {"axis": ax})
+    x1 = cx.op("index_select", [x, i1], {"axis": ax})
+    one = cx.const(1.0, x.dtype)
+    return cx.op("add", [cx.op("mul", [x0, cx.op("sub", [one, lam])]), cx.op("mul", [x1, lam])])
+
+
+def _upsample(mode):
+    def f(cx, x, output_size=None, *rest):
+        # .vec: (x, output_size, [align_corners,] scale_factors); .default: (x, output_size,
+        # [align_corners,] scales_h, scales_w)
+        rest = list(rest)
+        align = rest.pop(0) if mode == "linear" and rest else False
+        scales = rest[0] if len(rest) == 1 else (rest if rest else None)
+        out = cx.out_shape()
+        spatial = len(out) - 2
+        if isinstance(scales, (int, float)):
+            scales = [scales]
+        if isinstance(scales, (list, tuple)) and any(s is None for s in scales):
+            scales = None
+        # torch uses 1/scale_factor when a scale is given, else in/out
+        inv = [None] * spatial if not scales else [1.0 / s for s in scales]
+        y = x
+        for k in range(spatial):
+            y = _resize_axis(cx, y, 2 + k, out[2 + k], mode, align, inv[k])
+        return y
+    return f
+
+
+for _n, _m in (("upsample_nearest1d", "nearest"), ("upsample_nearest2d", "nearest"),
+               ("upsample_linear1d", "linear"), ("upsample_bilinear2d", "linear")):
+    for _ov in ("vec", "default"):
+        CONVERTERS[f"aten.{_n}.{_ov}"] = _upsample(_m)
+
+
+@conv("operator.truediv")
+def _sym_truediv(cx, a, b):
+    """size / size as a float (torch's decompositions compute resize scales so): a 0-d f64."""
+    if not any(isinstance(v, (SymExpr, Value)) for v in (a, b)):
+        return a / b
+    f = dtypes.f64
+    return cx.op("div", [cx.value(a, f), cx.value(b, f)])
+
+
+@conv("aten.log1p.default")
+def _log1p(cx, x):
+    dt = cx.out_dtype()
+    return cx.op("log", [cx.op("add", [cx.cast(x, dt), cx.const(1.0, dt)])])
+
+
+@conv("aten.expm1.default")
+def _expm1(cx, x):
+    dt = cx.out_dtype()
+    return cx.op("sub", [cx.op("exp", [cx.cast(x, dt)]), cx.const(1.0, dt)])
+
+
+@conv("aten.trunc.default")
+def _trunc(cx, x):
+    if not x.dtype.is_float:
+        return x
+    return cx.op("mul", [cx.op("sign", [x]), cx.op("floor", [cx.op("abs", [x])])])
+
+
 def _exists(name: str) -> bool:
     if not name.startswith("aten."):
         return True
