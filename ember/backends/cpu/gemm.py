@@ -37,12 +37,12 @@ def _ukr_avx(mr: int) -> str:
     body = "\n".join(
         f"    {{ const __m256 av = _mm256_broadcast_ss(a{r} + k); c{r}0 = _mm256_fmadd_ps(av, b0, c{r}0); "
         f"c{r}1 = _mm256_fmadd_ps(av, b1, c{r}1); }}" for r in range(mr))
-    add = "\n".join(f"    c{r}0 = _mm256_add_ps(c{r}0, _mm256_loadu_ps(c + {r} * ldc)); "
-                    f"c{r}1 = _mm256_add_ps(c{r}1, _mm256_loadu_ps(c + {r} * ldc + 8));" for r in range(mr))
+    add = "\n".join(f"    c{r}0 = _mm256_add_ps(c{r}0, _mm256_loadu_ps(ci + {r} * ldi)); "
+                    f"c{r}1 = _mm256_add_ps(c{r}1, _mm256_loadu_ps(ci + {r} * ldi + 8));" for r in range(mr))
     store = "\n".join(f"  _mm256_storeu_ps(c + {r} * ldc, c{r}0); _mm256_storeu_ps(c + {r} * ldc + 8, c{r}1);"
                       for r in range(mr))
     return f"""static inline void ember_ukr{mr}(int64_t kc, const float *restrict a, int64_t rs,
-    const float *restrict b, float *restrict c, int64_t ldc, int accumulate) {{
+    const float *restrict b, const float *ci, int64_t ldi, float *c, int64_t ldc, int accumulate) {{
   __m256 {acc};
   {rows}
   #pragma GCC unroll 4
@@ -60,9 +60,9 @@ def _ukr_avx(mr: int) -> str:
 
 def _ukr_portable(mr: int) -> str:
     return f"""static inline void ember_ukr{mr}(int64_t kc, const float *restrict a, int64_t rs,
-    const float *restrict b, float *restrict c, int64_t ldc, int accumulate) {{
+    const float *restrict b, const float *ci, int64_t ldi, float *c, int64_t ldc, int accumulate) {{
   float t[{mr}][16];
-  for (int r = 0; r < {mr}; r++) for (int j = 0; j < 16; j++) t[r][j] = accumulate ? c[r * ldc + j] : 0.0f;
+  for (int r = 0; r < {mr}; r++) for (int j = 0; j < 16; j++) t[r][j] = accumulate ? ci[r * ldi + j] : 0.0f;
   for (int64_t k = 0; k < kc; k++)
     for (int r = 0; r < {mr}; r++) {{
       const float av = a[r * rs + k];
@@ -139,8 +139,8 @@ def prelude() -> str:
             "#define EMBER_GEMM_AVX2 1\n" + avx + "#else\n" + portable + "#endif\n" + _PACK +
             "/* out of line: one copy of the six micro-kernels per program keeps compile times short */\n"
             "static __attribute__((noinline)) void ember_ukr(int mr, int64_t kc, const float *a, int64_t rs, const float *b,\n"
-            "    float *c, int64_t ldc, int accumulate) {\n  switch (mr) {\n" +
-            "".join(f"    case {m}: ember_ukr{m}(kc, a, rs, b, c, ldc, accumulate); break;\n"
+            "    const float *ci, int64_t ldi, float *c, int64_t ldc, int accumulate) {\n  switch (mr) {\n" +
+            "".join(f"    case {m}: ember_ukr{m}(kc, a, rs, b, ci, ldi, c, ldc, accumulate); break;\n"
                     for m in range(1, MR + 1)) + "  }\n}\n")
 
 
@@ -243,37 +243,37 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     body.append("        const int64_t nr = ember_min64(16, N - j);")
     body.append("        for (int64_t i = m0; i < m1; i += 6) {")
     body.append("          const int mr = (int)ember_min64(6, m1 - i);")
+    body.append("          const float *ap = ablk + (i - m0) * rs;")
     if out_f32:
+        # partial sums over K blocks live in C; full-width tiles go straight there
         body.append(f"          float *cp = {C} + (bi * M + i) * N + j;")
-        body.append("          const int direct = nr == 16;")
-    else:
-        body.append("          const int direct = 0;")
-    body.append("          const float *src; int64_t lds;")
-    if out_f32:
-        body.append("          if (direct) { ember_ukr(mr, kc, ablk + (i - m0) * rs, rs, bp, cp, N, pc > 0); src = cp; lds = N; }")
-        body.append("          else {")
-    else:
-        body.append("          {")
-    body.append("            ember_ukr(mr, kc, ablk + (i - m0) * rs, rs, bp, tile, 16, 0);")
-    if out_f32:
-        body.append("            if (pc > 0) for (int r = 0; r < mr; r++) for (int64_t c = 0; c < nr; c++) tile[r * 16 + c] += cp[r * N + c];")
-    body.append("            src = tile; lds = 16;")
-    body.append("          }")
-    if k.epilogue is not None or not out_f32:
-        body.append("          if (last || !direct) {")
+    epi = k.epilogue is not None or not out_f32
+    if epi:
+        # the last K block lands in the tile buffer and the epilogue stores it to C
+        body.append("          if (last) {")
+        if out_f32:
+            body.append("            if (nr == 16) ember_ukr(mr, kc, ap, rs, bp, cp, N, tile, 16, pc > 0);")
+            body.append("            else {")
+            body.append("              ember_ukr(mr, kc, ap, rs, bp, tile, 16, tile, 16, 0);")
+            body.append("              if (pc > 0) for (int r = 0; r < mr; r++) for (int64_t c = 0; c < nr; c++) "
+                        "tile[r * 16 + c] += cp[r * N + c];")
+            body.append("            }")
+        else:
+            body.append("            ember_ukr(mr, kc, ap, rs, bp, tile, 16, tile, 16, 0);")
         body.append("            for (int r = 0; r < mr; r++)")
         body.append("              for (int64_t c = 0; c < nr; c++) {")
-        cond = "last" if out_f32 else "1"
-        body.append(f"                if ({cond}) {{")
-        body += epilogue_lines("                  ", "src[r * lds + c]", "(i + r)", "(j + c)",
+        body += epilogue_lines("                ", "tile[r * 16 + c]", "(i + r)", "(j + c)",
                                "(bi * M + i + r) * N + j + c")
-        body.append("                }")
-        if out_f32:
-            body.append("                else cp[r * N + c] = src[r * lds + c];")
         body.append("              }")
+        body.append("            continue;")
         body.append("          }")
-    else:
-        body.append("          if (!direct) for (int r = 0; r < mr; r++) for (int64_t c = 0; c < nr; c++) cp[r * N + c] = src[r * lds + c];")
+    if out_f32:
+        body.append("          if (nr == 16) ember_ukr(mr, kc, ap, rs, bp, cp, N, cp, N, pc > 0);")
+        body.append("          else {")
+        body.append("            ember_ukr(mr, kc, ap, rs, bp, tile, 16, tile, 16, 0);")
+        body.append("            for (int r = 0; r < mr; r++) for (int64_t c = 0; c < nr; c++) "
+                    "cp[r * N + c] = (pc > 0 ? cp[r * N + c] : 0.0f) + tile[r * 16 + c];")
+        body.append("          }")
     body.append("        }")
     body.append("      }")
     body.append("    }")
