@@ -18,10 +18,22 @@ from ..ir.ops.nn import _pair
 from ..ir.ops.quant import qrange
 from ..ir.symbolic import prod
 from . import loop_ir as L
-from .lowering import Lazy, View, out_vars
-from .rules import bcast, reduce_over, reshape, rule
+from .lowering import Lazy, out_vars
+from .rules import bcast, permute, reduce_over, reshape, rule
 
 F32, I32, I64 = dtypes.f32, dtypes.i32, dtypes.i64
+
+
+def _subst(e: L.Expr, m: dict) -> L.Expr:
+    """``e`` with loop variables replaced (by identity of the var Expr)."""
+    if id(e) in m:
+        return m[id(e)]
+    if not e.args:
+        return e
+    args = tuple(_subst(a, m) for a in e.args)
+    if all(a is b for a, b in zip(args, e.args)):
+        return e
+    return L.Expr(e.op, args, e.dtype, e.arg)
 
 
 def fconst(v) -> L.Expr:
@@ -131,7 +143,7 @@ def _acc_dtype(k, x_dt, w_dt):
     """int32 when K products of the operands' extremes provably fit, else int64."""
     if not isinstance(k, int):
         return I64
-    ext = lambda dt: max(abs(v) for v in qrange(dt))  # noqa: E731
+    ext = lambda dt: max(abs(v) for v in qrange(dt))
     # zero points can shift an operand by up to its range: bound |x - zp| by 255
     return I32 if k * 255 * ext(w_dt) * 2 < 2 ** 31 else I64
 
@@ -157,10 +169,18 @@ def _quant_linear(lw, n, r):
     w = lw.as_view(wq)
     i0, i1 = out_vars(2)
     r0 = L.var("r0")
-    body = L.cast(x2.load([i0, r0]), acc_t) * L.cast(w.load([i1, r0]), acc_t)
+    warr = lw.const_array(w)
+    if acc_t is I32 and warr is not None:
+        # AVX2 has no non-saturating u8 x s8 dot product (vpmaddubsw saturates to int16), but
+        # vpmaddwd (int16 pairs -> int32) is exact: keep int16 copies of the operands so that
+        # gcc turns the reduction into vpmaddwd. Values stay in the int8 range.
+        w16 = lw.const(warr.astype(np.int16), dtypes.i16, w.buf.name + "_i16")
+        x16 = lw.store(Lazy((m, K), dtypes.i16, lambda ix: L.cast(x2.load(ix), dtypes.i16)))
+        body = L.cast(x16.load([i0, r0]), acc_t) * L.cast(w16.load([i1, r0]), acc_t)
+    else:
+        body = L.cast(x2.load([i0, r0]), acc_t) * L.cast(w.load([i1, r0]), acc_t)
     acc = L.var("acc", acc_t)
     if not _all_zero(lw, xz):
-        warr = lw.const_array(w)
         if warr is not None:  # sum_k w[n, k], computed once at compile time
             wsum = lw.const(warr.astype(np.int64).sum(axis=1).astype(acc_t.np), acc_t, w.buf.name + "_sum")
         else:
@@ -173,8 +193,16 @@ def _quant_linear(lw, n, r):
     post = L.cast(acc, F32) * (sl * wl)
     if bias is not None:
         post = post + bias.load([i1])
-    res = lw.reduce(F32, (m, N), (K,), body, "sum", post, out)
-    return reshape(res, out.shape)
+    if isinstance(m, int) and m <= 1:
+        res = lw.reduce(F32, (m, N), (K,), body, "sum", post, out)
+        return reshape(res, out.shape)
+    # iterate weight rows outside, activation rows inside: a weight row is read from memory
+    # once and reused from L1 for every activation row (the activations stay in L2); the result
+    # is stored transposed [N, m] and viewed back as [m, N]
+    swap = {id(i0): i1, id(i1): i0}
+    sub = lambda e: _subst(e, swap)
+    res = lw.reduce(F32, (N, m), (K,), sub(body), "sum", sub(post))
+    return reshape(lw.as_view(permute(res, (1, 0))), out.shape) if len(out.shape) != 2 else permute(res, (1, 0))
 
 
 @rule("matmul_integer")

@@ -9,7 +9,16 @@ See docs/quantization.md.
 from .config import QUANTIZABLE_OPS, QuantConfig, dynamic, static  # noqa: F401
 from .observers import OBSERVERS, Observer, qparams  # noqa: F401
 from .quantize import QuantizationWarning, quantize_graph, quantize_weight  # noqa: F401
-from .report import LayerReport, QuantReport  # noqa: F401
+from .report import LayerReport, QuantReport
 
-__all__ = ["dynamic", "static", "quantize_graph", "QuantConfig", "QuantReport", "LayerReport",
-           "QuantizationWarning", "Observer", "OBSERVERS"]
+__all__ = [
+           "OBSERVERS",
+           "LayerReport",
+           "Observer",
+           "QuantConfig",
+           "QuantReport",
+           "QuantizationWarning",
+           "dynamic",
+           "quantize_graph",
+           "static",
+]

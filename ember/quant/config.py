@@ -42,9 +42,9 @@ def _common(ops, skip_ops, skip_nodes, min_cosine, activation_dtype, force, chec
         raise QuantizationError(f"min_cosine must be in (0, 1], got {min_cosine}")
     if isinstance(skip_nodes, str):
         skip_nodes = (skip_nodes,)
-    return dict(ops=ops, skip_ops=tuple(skip_ops), skip_nodes=tuple(skip_nodes),
-                min_cosine=None if min_cosine is None else float(min_cosine),
-                activation_dtype=activation_dtype, force=bool(force), check_speed=bool(check_speed))
+    return {"ops": ops, "skip_ops": tuple(skip_ops), "skip_nodes": tuple(skip_nodes),
+                "min_cosine": None if min_cosine is None else float(min_cosine),
+                "activation_dtype": activation_dtype, "force": bool(force), "check_speed": bool(check_speed)}
 
 
 def dynamic(*, per_row: bool = True, activation_dtype: str = "u8", ops=("linear", "matmul"),

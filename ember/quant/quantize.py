@@ -266,7 +266,7 @@ def quantize_graph(graph: Graph, quantize, example_inputs=None):
     kept = list(chosen)
     out_names = {n.name: n.outputs[0].name for n in graph.nodes if n.name in layers}
 
-    ref_outs, ref_tr = _run(graph, ev, set(out_names[k] for k in chosen)) if ev else ([], [])
+    ref_outs, ref_tr = _run(graph, ev, {out_names[k] for k in chosen}) if ev else ([], [])
     if ev and cfg.min_cosine is not None:
         q_outs, _ = _run(qgraph, ev)
         cos = _output_cosines(ref_outs, q_outs)
@@ -315,7 +315,7 @@ def calibrate(graph: Graph, chosen, batches, cfg: QuantConfig) -> dict:
             interpret(graph, b, trace=tr)
         except EmberError as e:
             raise CalibrationError(f"calibration failed: {e}") from None
-        for k, v in xs.items():
+        for k in xs:
             obs[k].observe(b[in_pos[k]] if k in in_pos else tr[k])
     sym = cfg.activation_dtype == "i8"
     return {k: qparams(*o.range(sym), cfg.activation_dtype) for k, o in obs.items()}

@@ -95,7 +95,7 @@ def test_accuracy_guard_keeps_sensitive_layers_fp32():
     m = mlp()
     with torch.no_grad():  # make the middle layer's input badly conditioned for per-tensor u8
         m[0].weight[:4] *= 60.0
-    cfg = dict(activation_dtype="u8", check_speed=False)
+    cfg = {"activation_dtype": "u8", "check_speed": False}
     plain = ember.compile(m, (X,), quantize=ember.quant.static(CALIB, **cfg)).quant_report
     budget = (plain.output_cosine + 1.0) / 2  # between all-int8 and fp32: something must go back
     q = ember.compile(m, (X,), quantize=ember.quant.static(CALIB, min_cosine=budget, **cfg))

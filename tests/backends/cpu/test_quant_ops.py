@@ -77,7 +77,7 @@ def test_large_k_accumulates_in_int64():
 
 
 def _onnx_ref(op, *arrays, **attrs):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import helper
     from onnx.reference import ReferenceEvaluator
     names = [f"i{k}" for k in range(len(arrays))]
