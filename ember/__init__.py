@@ -9,6 +9,7 @@ from .errors import (CompileError, CompilerNotFoundError, DTypeError, EmberError
                      ExportError, InputError, IRError, ParseError, ShapeError, UnsupportedOpError)
 
 from .api import CompiledModel, InferenceEngine, compile, load  # noqa: E402,F401
+from . import quant  # noqa: E402,F401  (ember.quant.static / dynamic)
 
 __all__ = ["CompiledModel", "EmberError", "InferenceEngine", "UnsupportedOpError", "compile",
            "load", "__version__"]
