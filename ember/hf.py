@@ -185,8 +185,8 @@ def example_inputs(model, tokenizer=None, batch: int = 2, seq: int = 8, image_si
             (tuple(image_size) if image_size else _image_size(cfg))
         c = _get(cfg, "num_channels", default=3)
         out["pixel_values"] = torch.randn(batch, c, h, w, generator=g)
-    elif kind == "audio":
-        out["input_values"] = torch.randn(batch, seq, generator=g)
+    elif kind == "audio":  # raw 16 kHz waveform; ``seq`` counts 10 ms frames
+        out["input_values"] = torch.randn(batch, 160 * seq, generator=g)
         if "attention_mask" in params and getattr(cfg, "feat_extract_norm", "") == "layer":
             out["attention_mask"] = torch.ones(batch, seq, dtype=torch.int64)
     else:  # input_features: log-mel frames; Whisper wants exactly 2 * max_source_positions
@@ -211,7 +211,9 @@ def dynamic_axes(model, inputs: dict) -> dict:
         elif name == "pixel_values":
             dyn[name] = {0: "batch"} if _is_patch_model(model) else {0: "batch", 2: "height", 3: "width"}
         elif name in ("input_values",):
-            dyn[name] = {0: "batch", 1: "samples"} if kind == "audio" else {0: "batch"}
+            # the waveform length stays fixed: torch.export cannot yet prove the conv feature
+            # encoder's length guards for a free length (it asks for multiples of the stride)
+            dyn[name] = {0: "batch"}
         elif name == "input_features":
             dyn[name] = {0: "batch"}
         else:
@@ -488,8 +490,40 @@ ZOO: dict[str, ZooEntry] = {
         encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=128, num_mel_bins=16, max_source_positions=16,
         max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         decoder_start_token_id=1)).get_encoder(), "speech", ((1, 0), (2, 0))),
+    "wav2vec2": ZooEntry(_z("Wav2Vec2Model", "Wav2Vec2Config", conv_dim=(16, 16), conv_stride=(5, 2),
+                            conv_kernel=(10, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                            **_VIS), "speech", ((1, 8), (2, 8))),
+    "hubert": ZooEntry(_z("HubertModel", "HubertConfig", conv_dim=(16, 16), conv_stride=(5, 2),
+                          conv_kernel=(10, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                          **_VIS), "speech", ((1, 8), (2, 8))),
+    # more lineages
+    "xlm_roberta": ZooEntry(_z("XLMRobertaModel", "XLMRobertaConfig", **_TXT), "encoder"),
+    "modernbert": ZooEntry(_z("ModernBertModel", "ModernBertConfig", pad_token_id=0, bos_token_id=1,
+                              eos_token_id=2, cls_token_id=1, sep_token_id=2, **_TXT), "encoder"),
+    "phi3": ZooEntry(_z("Phi3Model", "Phi3Config", num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
+                        eos_token_id=2, **_TXT), "decoder"),
+    "gemma2": ZooEntry(_z("Gemma2Model", "Gemma2Config", num_key_value_heads=2, head_dim=8, **_TXT), "decoder"),
+    "stablelm": ZooEntry(_z("StableLmModel", "StableLmConfig", num_key_value_heads=2, **_TXT), "decoder"),
+    "marian": ZooEntry(_z("MarianModel", "MarianConfig", d_model=32, encoder_layers=1, decoder_layers=1,
+                          encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                          decoder_ffn_dim=64, vocab_size=128, max_position_embeddings=128, pad_token_id=0,
+                          decoder_start_token_id=0), "encoder-decoder"),
     # vision
-    "vit": ZooEntry(_z("ViTModel", "ViTConfig", image_size=32, patch_size=8, **_VIS), "vision-transformer", _VIT),
+    "dinov2": ZooEntry(_z("Dinov2Model", "Dinov2Config", image_size=32, patch_size=8, **_VIS),
+                       "vision-transformer", _VIT),
+    "clip_vision": ZooEntry(_z("CLIPVisionModel", "CLIPVisionConfig", image_size=32, patch_size=8, **_VIS),
+                            "vision-transformer", _VIT),
+    "siglip_vision": ZooEntry(_z("SiglipVisionModel", "SiglipVisionConfig", image_size=32, patch_size=8,
+                                 **_VIS), "vision-transformer", _VIT),
+    "swin": ZooEntry(_z("SwinModel", "SwinConfig", image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                        num_heads=[2, 2], window_size=4), "vision-transformer", _VIT),
+    "beit": ZooEntry(_z("BeitModel", "BeitConfig", image_size=32, patch_size=8,
+                        use_relative_position_bias=True, **_VIS), "vision-transformer", _VIT),
+    "regnet": ZooEntry(_z("RegNetModel", "RegNetConfig", embedding_size=16, hidden_sizes=[16, 32],
+                          depths=[1, 1], groups_width=8), "cnn", _IMG),
+    "convnextv2": ZooEntry(_z("ConvNextV2Model", "ConvNextV2Config", hidden_sizes=[16, 32], depths=[1, 1],
+                              num_stages=2), "cnn", _IMG),
+    "vit":  ZooEntry(_z("ViTModel", "ViTConfig", image_size=32, patch_size=8, **_VIS), "vision-transformer", _VIT),
     "deit": ZooEntry(_z("DeiTModel", "DeiTConfig", image_size=32, patch_size=8, **_VIS),
                      "vision-transformer", _VIT),
     "resnet": ZooEntry(_z("ResNetModel", "ResNetConfig", embedding_size=16, hidden_sizes=[16, 32],

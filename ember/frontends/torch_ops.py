@@ -44,7 +44,11 @@ def _rank(v: Value) -> int:
       "aten.contiguous.default", "aten.copy.default")
 def _identity(cx, x, *rest, **kw):
     # value semantics: copies and memory-format changes mean nothing in the IR
-    return rest[0] if cx.node.target.__name__.startswith("copy") else x
+    if not cx.node.target.__name__.startswith("copy"):
+        return x
+    src, shape = rest[0], cx.out_shape()  # copy(dst, src) broadcasts src into dst's shape
+    src = cx.value(src, cx.out_dtype())
+    return src if tuple(src.shape) == shape else cx.op("expand", [src], {"shape": shape})
 
 
 @conv("aten._assert_tensor_metadata.default", "aten._assert_scalar.default", "aten._assert_async.msg",
