@@ -169,9 +169,9 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
         L.append(f"  const int64_t sbk = {sb[nb]}, sbn = {sb[nb + 1]};")
     # K blocks of nearly equal size (<= KC); one block when C cannot hold partial sums
     if out_f32:
-        L.append(f"  const int64_t nkb = K > {KC} ? (K + {KC - 1}) / {KC} : 1, kcb = nkb > 1 ? (K + nkb - 1) / nkb : K;")
+        L.append(f"  const int64_t nkb = K > {KC} ? (K + {KC - 1}) / {KC} : 1, kcb = nkb > 1 ? (K + nkb - 1) / nkb : K + (K == 0);")
     else:
-        L.append("  const int64_t kcb = K;")
+        L.append("  const int64_t kcb = K + (K == 0);")
     mc = MC_PACKED if packed else MC_ONTHEFLY
     L.append(f"  const int64_t mc = M < {mc} ? M : {mc}, mt = (M + mc - 1) / mc;")
     L.append("  const int64_t n16 = (N + 15) / 16 * 16;")
@@ -227,7 +227,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     body.append("    const int64_t bi = t / (mt * nt), m0 = ((t / nt) % mt) * mc, n0 = (t % nt) * nc;")
     body.append("    const int64_t m1 = ember_min64(M, m0 + mc), n1 = ember_min64(n16, n0 + nc);")
     batch_coords("    ", body)
-    body.append("    for (int64_t pc = 0; pc < K; pc += kcb) {")
+    body.append("    for (int64_t pc = 0; pc == 0 || pc < K; pc += kcb) {  /* K == 0: one empty block */")
     body.append("      const int64_t kc = ember_min64(kcb, K - pc);")
     body.append("      const int last = pc + kc >= K;")
     if not packed:

@@ -135,3 +135,11 @@ def test_conv2d_as_gemm_with_residual_epilogue(kernel, stride, padding):
     g.outputs = [y]
     compiled = check(g, [[rand((n, 5, 13, 11)), rand((n, 17, ho, wo))] for n in (1, 3)])
     assert compiled.kernels == (1 if (kernel, stride) == (1, 1) else 2)
+
+
+def test_empty_k_gives_the_epilogue_of_zero():
+    g = Graph()
+    a = g.add_input("a", TensorType(F32, (7, sym("k"))))
+    b = g.add_input("b", TensorType(F32, (sym("k"), 65)))
+    g.outputs = [g.op("add", [g.op("matmul", [a, b]), g.add_const(rand((65,)), "c")])]
+    check(g, [[rand((7, 0)), rand((0, 65))], [rand((7, 3)), rand((3, 65))]])
