@@ -11,12 +11,15 @@
   activation B (attention's Q@K^T, P@V) is packed per task on the fly.
 * Blocking: K in blocks of at most KC (the B micro-panel, KC x 16, stays in L1 while MC
   rows of A in L2 stream past it); tasks of (batch, MC rows, NC columns) go to OpenMP.
-  Partial sums over K blocks accumulate in C; the epilogue runs on the last block, on the
-  tile just stored (still in L1), element by element in a loop gcc vectorizes.
+  Partial sums over K blocks accumulate in C (when C is float32; otherwise K is one
+  block); the last block's tile goes to a 6x16 buffer and the epilogue stores it to C,
+  element by element, in a loop gcc vectorizes. Tasks are scheduled dynamically, so a
+  core that the OS takes away for a while does not stall the others at the barrier.
 * M == 1 with a packed weight is a GEMV: panels are split across threads and each k step
   feeds eight independent accumulators.
 * Ragged edges: the last row tile uses the micro-kernel for its own MR; a column tile
-  narrower than 16 goes through a small tile buffer.
+  narrower than 16 goes through the tile buffer. K == 0 gives the epilogue of zero.
+* conv2d (groups = 1) reaches this GEMM through im2col (lower/rules.py).
 """
 from __future__ import annotations
 
