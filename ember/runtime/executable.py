@@ -98,6 +98,7 @@ class NativeModule:
     def bind(self, shapes) -> dict[str, int]:
         """Symbol values from input shapes; InputError naming the input and dim otherwise."""
         env: dict[str, int] = {}
+        where: dict[str, str] = {}  # symbol -> the input dim that bound it, for messages
         for spec, dims, shape in zip(self.inputs, self._in_dims, shapes):
             if len(shape) != len(dims):
                 raise InputError(f"input {spec.name!r}: expected rank {len(dims)} "
@@ -109,9 +110,10 @@ class NativeModule:
                         raise InputError(f"input {spec.name!r} dim {k} ({name}) is {n}, but {name} "
                                          f"is {env[name]} from an earlier input")
                     env[name] = n
+                    where.setdefault(name, f"input {spec.name!r} dim {k}")
         for name, (lo, hi) in self.sym_ranges.items():
             if name in env and not lo <= env[name] <= hi:
-                raise InputError(f"dim {name} = {env[name]} is outside the compiled range "
+                raise InputError(f"{where[name]} ({name}) is {env[name]}, outside the compiled range "
                                  f"[{lo}, {hi}]; recompile with a wider dynamic range")
         for spec, dims, shape in zip(self.inputs, self._in_dims, shapes):
             for k, (d, n) in enumerate(zip(dims, shape)):

@@ -86,7 +86,7 @@ def test_symbol_ranges_are_enforced():
     g.sym_ranges["batch"] = (1, 8)
     cm = ember.compile(g)
     cm(np.zeros((8, 16), np.float32))
-    with pytest.raises(InputError, match=r"batch = 9 is outside the compiled range \[1, 8\]"):
+    with pytest.raises(InputError, match=r"input .x. dim 0 \(batch\) is 9, outside the compiled range \[1, 8\]"):
         cm(np.zeros((9, 16), np.float32))
 
 
