@@ -22,8 +22,14 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
-import torch
+# Every contender's worker threads must go to sleep soon after their work: a runtime whose
+# threads spin-wait (OpenMP's default, ONNX Runtime's default) steals the two cores from the
+# next contender in the interleaved rounds and turns the medians into a measure of that.
+# libgomp (shared by PyTorch, inductor and Ember) reads this when it loads, so before torch.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -157,6 +163,7 @@ def _onnx_runner(model, inputs, names):
                           opset_version=17, dynamo=False)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see GOMP_SPINCOUNT
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {n: i.numpy() for n, i in zip(names, inputs)}
     return lambda: sess.run(None, feed)[0]
@@ -307,7 +314,8 @@ def write_report(results, gemm_rows, peak, args, wall):
              f"{h['cpu'] or platform.processor()} ({os.cpu_count()} cores; {feats}); torch {torch.__version__} "
              f"({torch.get_num_threads()} threads), onnxruntime {_version('onnxruntime')}, "
              f"ember {ember.__version__}. Medians of interleaved runs (every contender once per "
-             f"round). The machine is shared: load average {args.load_before} at the start, "
+             f"round; worker threads sleep after a short spin: GOMP_SPINCOUNT=1000, ONNX Runtime "
+             f"allow_spinning=0). The machine is shared: load average {args.load_before} at the start, "
              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end (on {os.cpu_count()} cores); "
              f"wall time {wall / 60:.1f} min.", "",
              "| model | " + " | ".join(CONTENDERS) + " | ember vs eager | ember vs best other | ember max abs err |",
