@@ -128,3 +128,18 @@ def test_generated_code_is_one_entry_point_with_omp():
     assert cm.source.count("int ember_main(") == 1
     assert "#pragma omp parallel for" in cm.source
     assert os.path.exists(cm.native.lib_path)
+
+
+def test_loading_a_model_keeps_denormals():
+    # a library linked with -ffast-math would switch the whole process to flush-to-zero
+    import subprocess
+    import sys
+    code = ("import numpy as np, ember\n"
+            "from ember.ir import Graph, TensorType, dtypes, sym\n"
+            "g = Graph(); x = g.add_input('x', TensorType(dtypes.f32, (sym('n'),)))\n"
+            "g.outputs = [g.op('exp', [x])]\n"
+            "cm = ember.compile(g); cm(np.zeros(3, np.float32))\n"
+            "print(np.float64(5e-320) * 1.0 > 0, np.float32(1e-40) * np.float32(1.0) > 0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]

@@ -15,8 +15,11 @@ from ...runtime import cache
 
 # -ffast-math lets gcc reassociate reductions and call vector math; finite-math stays off
 # because masks and padding use infinities.
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-ffast-math",
+FLAGS = ("-O3", "-march=native", "-fPIC", "-fopenmp", "-ffast-math",
          "-fno-finite-math-only", "-std=gnu11")
+# Linked in a separate step without -ffast-math: gcc would otherwise add crtfastmath.o, whose
+# constructor turns on flush-to-zero for the whole process (the user's numpy included).
+LINK_FLAGS = ("-shared", "-fopenmp")
 
 stats = {"compiles": 0, "cache_hits": 0}  # observed by tests that count compilations
 
@@ -60,16 +63,18 @@ def build(source: str, extra_flags: tuple = ()) -> Path:
     """Compile C ``source`` into a shared library (cached); returns its path."""
     cc = find_compiler()
     flags = FLAGS + tuple(extra_flags)
-    k = cache.key(source, " ".join(flags), compiler_id(cc), cpu_id(), __version__)
+    k = cache.key(source, " ".join(flags + LINK_FLAGS), compiler_id(cc), cpu_id(), __version__)
     so = cache.entry(k, ".so")
     if so.exists():
         stats["cache_hits"] += 1
         return so
     with tempfile.TemporaryDirectory(prefix="ember-build-") as tmp:
-        src, out = Path(tmp) / "model.c", Path(tmp) / "model.so"
+        src, obj, out = Path(tmp) / "model.c", Path(tmp) / "model.o", Path(tmp) / "model.so"
         src.write_text(source)
-        proc = subprocess.run([cc, *flags, str(src), "-o", str(out), "-lm"],
-                              capture_output=True, text=True)
+        proc = subprocess.run([cc, *flags, "-c", str(src), "-o", str(obj)], capture_output=True, text=True)
+        if proc.returncode == 0:
+            proc = subprocess.run([cc, *LINK_FLAGS, str(obj), "-o", str(out), "-lm"],
+                                  capture_output=True, text=True)
         if proc.returncode != 0:
             keep = cache.entry(k, ".failed.c")
             keep.write_text(source)
