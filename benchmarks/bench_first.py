@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import platform
 import subprocess
 import sys
@@ -18,12 +19,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import ember
-from ember import demo
-from ember.backends.cpu.toolchain import find_compiler
-from ember.timing import fmt_time, measure
+# Set before torch loads libgomp: worker threads that spin long after a parallel region
+# starve whichever contender runs next in an interleaved benchmark (torch's and Ember's alike).
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+import torch  # noqa: E402
+
+import ember  # noqa: E402
+from ember import demo  # noqa: E402
+from ember.backends.cpu.toolchain import find_compiler  # noqa: E402
+from ember.timing import fmt_time, measure  # noqa: E402
 
 
 def ctypes_floor():
@@ -61,7 +66,8 @@ def main():
     args = ap.parse_args()
     lines = ["# Ember vs PyTorch eager (first benchmark)", "",
              f"`{' '.join([Path(sys.executable).name] + sys.argv)}` — {platform.processor() or platform.machine()}, "
-             f"torch {torch.__version__}, {torch.get_num_threads()} torch threads; medians of interleaved runs.", "",
+             f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}; "
+             f"medians of interleaved runs.", "",
              "| model | torch eager | ember (torch in/out) | ember (numpy in/out) | speed-up (torch in/out) | max abs err |",
              "|---|---|---|---|---|---|"]
     cases = [("nn.Linear(10,1) b1", *demo.linear()), ("MLP 3x1024 GELU b1", *demo.mlp(1)),
