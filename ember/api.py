@@ -61,6 +61,23 @@ def import_model(model, example_inputs=None, dynamic=None) -> Graph:
                      f"an ONNX file path or onnx.ModelProto, or an ember.ir.Graph")
 
 
+def gather_inputs(names: list[str], args, kwargs) -> list:
+    """Positional and keyword arguments -> values in ``names`` order, with clear errors."""
+    if len(args) > len(names):
+        raise InputError(f"model takes {len(names)} inputs ({', '.join(names)}), got {len(args)} positional")
+    vals = dict(zip(names, args))
+    for k, v in kwargs.items():
+        if k not in names:
+            raise InputError(f"unknown input {k!r}; inputs are {', '.join(names)}")
+        if k in vals:
+            raise InputError(f"input {k!r} given twice")
+        vals[k] = v
+    missing = [n for n in names if n not in vals]
+    if missing:
+        raise InputError(f"missing input(s) {', '.join(missing)}")
+    return [vals[n] for n in names]
+
+
 class CompiledModel:
     """A model compiled to native code. Call it like the original model.
 
@@ -90,20 +107,7 @@ class CompiledModel:
         return self.native.outputs
 
     def _gather(self, args, kwargs) -> list:
-        if len(args) > len(self.input_names):
-            raise InputError(f"model takes {len(self.input_names)} inputs "
-                             f"({', '.join(self.input_names)}), got {len(args)} positional")
-        vals = dict(zip(self.input_names, args))
-        for k, v in kwargs.items():
-            if k not in self.input_names:
-                raise InputError(f"unknown input {k!r}; inputs are {', '.join(self.input_names)}")
-            if k in vals:
-                raise InputError(f"input {k!r} given twice")
-            vals[k] = v
-        missing = [n for n in self.input_names if n not in vals]
-        if missing:
-            raise InputError(f"missing input(s) {', '.join(missing)}")
-        return [vals[n] for n in self.input_names]
+        return gather_inputs(self.input_names, args, kwargs)
 
     def run_numpy(self, arrays) -> list[np.ndarray]:
         return self.native.run(arrays)

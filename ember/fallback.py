@@ -258,18 +258,8 @@ class FallbackModel:
         return self.segments[0].compiled.graph if self.segments else None
 
     def _gather(self, args, kwargs):
-        if len(args) > len(self.input_names):
-            raise InputError(f"model takes {len(self.input_names)} inputs "
-                             f"({', '.join(self.input_names)}), got {len(args)} positional")
-        vals = dict(zip(self.input_names, args))
-        for k, v in kwargs.items():
-            if k not in self.input_names:
-                raise InputError(f"unknown input {k!r}; inputs are {', '.join(self.input_names)}")
-            vals[k] = v
-        missing = [n for n in self.input_names if n not in vals]
-        if missing:
-            raise InputError(f"missing input(s) {', '.join(missing)}")
-        return [vals[n] for n in self.input_names]
+        from .api import gather_inputs
+        return gather_inputs(self.input_names, args, kwargs)
 
     def __call__(self, *args, **kwargs):
         import torch
