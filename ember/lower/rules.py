@@ -319,6 +319,18 @@ def _rms_norm(lw, n, r):
 
 # -- convolution and pooling
 
+def window(oh, ow, rh, rw, stride, padding, dilation, H, W, check=True):
+    """Input coordinates of tap (rh, rw) of the window at output (oh, ow), and whether it lies
+    inside the input (a constant True when ``check`` is off: no padding, no ragged window)."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    hh, ww = oh * sh + rh * dh - ph, ow * sw + rw * dw - pw
+    if not check:
+        return hh, ww, L.const(True, dtypes.bool_)
+    inb = L.binary("and", L.binary("and", L.binary("ge", hh, 0), L.binary("lt", hh, L.idx(H))),
+                   L.binary("and", L.binary("ge", ww, 0), L.binary("lt", ww, L.idx(W))))
+    return hh, ww, inb
+
+
 @rule("conv2d")
 def _conv2d(lw, n, r):
     x, w = r[0], r[1]
@@ -336,13 +348,8 @@ def _conv2d(lw, n, r):
     rc, rh, rw = out_vars(3, "r")
     og = O // groups
     cin = (i1 // og) * Cg + rc if groups > 1 else rc
-    hh = i2 * sh + rh * dh - ph
-    ww = i3 * sw + rw * dw - pw
+    hh, ww, inb = window(i2, i3, rh, rw, (sh, sw), (ph, pw), (dh, dw), H, W, check=bool(ph or pw))
     xv = lw.as_view(x)
-    inb = L.binary("and", L.binary("and", L.binary("ge", hh, 0), L.binary("lt", hh, L.idx(H))),
-                   L.binary("and", L.binary("ge", ww, 0), L.binary("lt", ww, L.idx(W))))
-    if ph == 0 and pw == 0:
-        inb = L.const(True, dtypes.bool_)
     xi = xv.flat_index([i0, cin, hh, ww])
     body = L.masked_load(xv.buf, xi, inb, 0.0) * w.load([i1, rc, rh, rw])
     post = (L.var("acc", out.dtype) + bias.load([i1])) if bias is not None else None
@@ -372,11 +379,7 @@ def _conv2d_gemm(lw, x, w, bias, out, stride, pad, dil):
     else:
         def gather(ix):
             i0, c, rh, rw, ho, wo = ix
-            hh, ww = ho * sh + rh * dh - ph, wo * sw + rw * dw - pw
-            inb = L.const(True, dtypes.bool_)
-            if ph or pw:
-                inb = L.binary("and", L.binary("and", L.binary("ge", hh, 0), L.binary("lt", hh, L.idx(H))),
-                               L.binary("and", L.binary("ge", ww, 0), L.binary("lt", ww, L.idx(W))))
+            hh, ww, inb = window(ho, wo, rh, rw, (sh, sw), (ph, pw), (dh, dw), H, W, check=bool(ph or pw))
             return L.masked_load(xv.buf, xv.flat_index([i0, c, hh, ww]), inb, 0.0)
         stored = lw.store(Lazy((N, C, KH, KW, Ho, Wo), x.dtype, gather))
         cols = View(stored.buf, (N, K, Ho * Wo))
@@ -390,10 +393,8 @@ def _window(n, x, kind):
     dh, dw = _pair(n.attrs.get("dilation", (1, 1)))
     i0, i1, i2, i3 = out_vars(4)
     rh, rw = out_vars(2, "r")
-    hh, ww = i2 * sh + rh * dh - ph, i3 * sw + rw * dw - pw
-    H, W = x.shape[2], x.shape[3]
-    inb = L.binary("and", L.binary("and", L.binary("ge", hh, 0), L.binary("lt", hh, L.idx(H))),
-                   L.binary("and", L.binary("ge", ww, 0), L.binary("lt", ww, L.idx(W))))
+    # always checked: ceil_mode windows can run past the input's end even without padding
+    hh, ww, inb = window(i2, i3, rh, rw, (sh, sw), (ph, pw), (dh, dw), x.shape[2], x.shape[3])
     return (kh, kw), (sh, sw), (ph, pw), (i2, i3), (hh, ww), inb
 
 

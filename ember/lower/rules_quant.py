@@ -19,7 +19,7 @@ from ..ir.ops.quant import qrange
 from ..ir.symbolic import prod
 from . import loop_ir as L
 from .lowering import Lazy, out_vars
-from .rules import bcast, permute, reduce_over, reshape, rule
+from .rules import bcast, permute, reduce_over, reshape, rule, window
 
 F32, I32, I64 = dtypes.f32, dtypes.i32, dtypes.i64
 
@@ -257,8 +257,7 @@ def _quant_conv2d(lw, n, r):
     if ph == 0 and pw == 0:
         xval = L.cast(L.load(xv.buf, xi), acc_t) - zp
     else:
-        inb = L.binary("and", L.binary("and", L.binary("ge", hh, 0), L.binary("lt", hh, L.idx(H))),
-                       L.binary("and", L.binary("ge", ww, 0), L.binary("lt", ww, L.idx(W))))
+        inb = window(i2, i3, rh, rw, (sh, sw), (ph, pw), (dh, dw), H, W)[2]
         safe = L.load(xv.buf, L.where(inb, xi, L.idx(0)))
         xval = L.where(inb, L.cast(safe, acc_t) - zp, L.const(0, acc_t))
     body = xval * L.cast(wq.load([i1, rc, rh, rw]), acc_t)
