@@ -15,6 +15,7 @@ import math
 
 from ...errors import EmberError
 from ...ir import dtypes
+from ...ir.symbolic import prod
 from ...ir.symbolic import to_c as sym_to_c
 from ...lower.loop_ir import Buffer, Expr, Loop, Matmul, Program, RowKernel
 from .fastmath import C_SOURCE as FASTMATH
@@ -245,7 +246,7 @@ class KernelPrinter:
         rank = len(shape)
         outp = params[k.out]
         ivars = [f"i{d}" for d in range(rank)]
-        work = c_dim(_prod(shape) * (_prod(red.sizes) if red else 1))
+        work = c_dim(prod(shape) * (prod(red.sizes) if red else 1))
         if red is None:
             if rank == 0:
                 pr = ExprPrinter(params, lines, "  ")
@@ -315,7 +316,7 @@ class KernelPrinter:
     def _rows(self, k: RowKernel, params) -> str:
         lines: list[str] = []
         n, rows = len(k.shape), k.rows
-        work = c_dim(_prod(k.shape))
+        work = c_dim(prod(k.shape))
         if rows >= 1:
             lines.append(f"  #pragma omp parallel for collapse({rows}) if({work} > {PARALLEL_MIN})")
         for d in range(rows):
@@ -375,7 +376,7 @@ class KernelPrinter:
         sa, sb = [c_dim(s) for s in k.a.strides], [c_dim(s) for s in k.b.strides]
         ct = compute_type(k.a.buf.dtype)  # the accumulator; the epilogue may store another dtype
         lines = [f"  const int64_t M = {M}, N = {N}, K = {K};",
-                 f"  const int64_t nbatch = {c_dim(_prod(k.batch))};"]
+                 f"  const int64_t nbatch = {c_dim(prod(k.batch))};"]
         axpy = k.b.strides[-1] == 1
         NB, MR = 256, 4
         if axpy:
@@ -453,13 +454,6 @@ class KernelPrinter:
             lines.append("    }")
         lines.append("  }")
         return "\n".join(lines) + "\n"
-
-
-def _prod(dims):
-    out = 1
-    for d in dims:
-        out = out * d
-    return out
 
 
 def _lowest(dt) -> str:

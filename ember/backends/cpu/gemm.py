@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 from ...ir import dtypes
+from ...ir.symbolic import prod
 from ...lower.loop_ir import Matmul
 
 MR, NR = 6, 16
@@ -165,7 +166,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     sa = [c_dim(s) for s in k.a.strides]
     sb = [c_dim(s) for s in k.b.strides]
     L = [f"  const int64_t M = {c_dim(k.M)}, N = {c_dim(k.N)}, K = {c_dim(k.K)};",
-         f"  const int64_t nbatch = {c_dim(_prod(k.batch))};",
+         f"  const int64_t nbatch = {c_dim(prod(k.batch))};",
          "  if (nbatch == 0 || M == 0 || N == 0) return;",
          f"  const int64_t sam = {sa[nb]}, sak = {sa[nb + 1]};"]
     if not packed:
@@ -204,7 +205,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
         g.append("      float y[16] __attribute__((aligned(64)));")
         g.append(f"      ember_gemv16(K, {A} + oa, sak, {B} + jp * K * 16, y);")
         g.append("      const int64_t j0 = jp * 16, nr = ember_min64(16, N - j0);")
-        g.append(f"      for (int64_t c = 0; c < nr; c++) {{")
+        g.append("      for (int64_t c = 0; c < nr; c++) {")
         g += epilogue_lines("        ", "y[c]", "0", "(j0 + c)", "bi * N + j0 + c")
         g.append("      }")
         g.append("    }")
@@ -293,10 +294,3 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     L += ["  " + x for x in body if "#pragma" not in x]
     L.append("  }")
     return "\n".join(L) + "\n"
-
-
-def _prod(dims):
-    out = 1
-    for d in dims:
-        out = out * d
-    return out
