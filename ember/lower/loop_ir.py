@@ -254,6 +254,27 @@ class Matmul:
     epilogue: Expr | None = None  # of var("acc") and output vars i0.. (batch..., m, n)
 
 
+class Template:
+    """A kernel that a backend prints by hand: a schedule the generic Loop / Matmul forms cannot
+    express (fused tiled attention, the int8 GEMM, direct convolution...).
+
+    Subclasses are dataclasses with ``name``, ``out`` and ``shape`` (the output's shape). They
+    say which buffers they read (``inputs``) and which loop-IR expressions they carry
+    (``exprs``, e.g. an epilogue, whose loads may name more buffers), so that scheduling and
+    memory planning treat them like any other kernel. A backend registers one printer per
+    subclass (backends/cpu/codegen.py: ``template``).
+    """
+    name: str
+    out: Buffer
+    shape: tuple
+
+    def inputs(self) -> list:
+        raise NotImplementedError
+
+    def exprs(self) -> list:
+        return []
+
+
 @dataclass
 class Program:
     """A whole graph as kernels over buffers: what a backend prints as one entry point."""

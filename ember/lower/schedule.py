@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..ir.symbolic import Dim
 from . import loop_ir as L
-from .loop_ir import Buffer, Expr, Loop, Matmul, Program, RowKernel, Stage
+from .loop_ir import Buffer, Expr, Loop, Matmul, Program, RowKernel, Stage, Template
 from .lowering import View, out_vars
 
 
@@ -85,7 +85,11 @@ def _reads(k) -> set:
             if st.reduce.post is not None:
                 _buffers(st.reduce.post, bufs)
         return bufs
-    if isinstance(k, Matmul):
+    if isinstance(k, Template):
+        bufs |= set(k.inputs())
+        for e in k.exprs():
+            _buffers(e, bufs)
+    elif isinstance(k, Matmul):
         bufs |= {k.a.buf, k.b.buf}
         if k.epilogue is not None:
             _buffers(k.epilogue, bufs)
@@ -108,7 +112,8 @@ def fuse_epilogues(prog: Program, log: list | None = None) -> Program:
                 readers.setdefault(b, []).append(i)
         for i, k in enumerate(prog.kernels):
             t = k.out
-            fusable = isinstance(k, Matmul) or (k.reduce is not None and k.reduce.op != "argmax")
+            fusable = isinstance(k, Matmul) or (isinstance(k, Loop) and k.reduce is not None
+                                                and k.reduce.op != "argmax")
             if t.kind != "temp" or not fusable:
                 continue
             rs = readers.get(t, [])

@@ -17,7 +17,7 @@ from ...errors import EmberError
 from ...ir import dtypes
 from ...ir.symbolic import prod
 from ...ir.symbolic import to_c as sym_to_c
-from ...lower.loop_ir import Buffer, Expr, Loop, Matmul, Program, RowKernel
+from ...lower.loop_ir import Buffer, Expr, Loop, Matmul, Program, RowKernel, Template
 from .fastmath import C_SOURCE as FASTMATH
 
 ALIGN = 64           # bytes; workspace buffers start on cache-line boundaries
@@ -35,6 +35,27 @@ static inline double ember_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 static inline int64_t ember_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t ember_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 """ + FASTMATH
+
+
+# printers of Template kernels, by class: (kernel, params, printer) -> C body; and the
+# C each kind needs once per program (helper functions), by class
+TEMPLATES: dict = {}
+TEMPLATE_PRELUDES: dict = {}
+
+
+def template(kind, prelude: str | None = None):
+    """Register the C printer of a ``loop_ir.Template`` subclass.
+
+    The printer gets the kernel, ``params`` (buffer -> C parameter name) and the
+    ``KernelPrinter`` (for ``ExprPrinter``-based epilogues) and returns the function body;
+    ``dims`` and the program's symbols are in scope as in every kernel.
+    """
+    def deco(fn):
+        TEMPLATES[kind] = fn
+        if prelude is not None:
+            TEMPLATE_PRELUDES[kind] = prelude
+        return fn
+    return deco
 
 
 def compute_type(dt) -> str:
@@ -217,7 +238,10 @@ class KernelPrinter:
     def kernel(self, k) -> tuple[str, list[Buffer]]:
         """Returns (function name, buffer arguments in order)."""
         bufs = [k.out]
-        if isinstance(k, RowKernel):
+        if isinstance(k, Template):
+            bufs += [b for b in dict.fromkeys(k.inputs()) if b is not k.out]
+            exprs = list(k.exprs())
+        elif isinstance(k, RowKernel):
             exprs = [st.body for st in k.stages] + [st.reduce.post for st in k.stages if st.reduce.post is not None]
             exprs.append(k.body)
         else:
@@ -231,8 +255,13 @@ class KernelPrinter:
         for e in exprs:
             _buffers_of(e, bufs)
         params, decl = self._signature(bufs, k.out)
-        body = (self._loop(k, params) if isinstance(k, Loop) else self._rows(k, params)
-                if isinstance(k, RowKernel) else self._matmul(k, params))
+        if isinstance(k, Template):
+            if type(k) not in TEMPLATES:
+                raise EmberError(f"kernel {k.name}: the CPU backend has no printer for {type(k).__name__}")
+            body = TEMPLATES[type(k)](k, params, self)
+        else:
+            body = (self._loop(k, params) if isinstance(k, Loop) else self._rows(k, params)
+                    if isinstance(k, RowKernel) else self._matmul(k, params))
         sig = f"(const int64_t *restrict dims, {', '.join(decl)})"
         text = sig + " {\n" + "\n".join(self._sym_lines(body)) + "\n" + body + "}\n"
         if text not in self.funcs:
@@ -503,6 +532,9 @@ def generate(prog: Program, plan=None) -> str:
     if any(isinstance(k, Matmul) for k in prog.kernels):
         from .gemm import prelude
         out.append(prelude())
+    for kind in dict.fromkeys(type(k) for k in prog.kernels if isinstance(k, Template)):
+        if kind in TEMPLATE_PRELUDES:
+            out.append(TEMPLATE_PRELUDES[kind])
     for text, name in kp.funcs.items():
         out.append(f"static void {name}{text}")
     body = ["int ember_main(const int64_t *dims, void *const *in, void *const *out, "
