@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ..ir import dtypes
-from ..ir.ops.nn import _pair
 from ..ir.ops.registry import broadcast_shapes
 from ..ir.symbolic import Dim, prod
 from . import loop_ir as L
@@ -501,4 +498,4 @@ def _full(lw, n, r):
     return Lazy(out.shape, out.dtype, lambda ix: L.cast(L.const(n.attrs["value"], dtypes.f64), out.dtype))
 
 
-from . import rules_attention, rules_extra, rules_quant  # noqa: E402,F401  (register the lowerings of extra ops)
+from . import rules_attention, rules_conv, rules_extra, rules_quant  # noqa: E402,F401  (register the lowerings of extra ops)

@@ -1,0 +1,137 @@
+"""Lowerings of convolution and pooling, registered into ``rules.RULES``.
+
+``conv2d`` (groups = 1, f32) becomes the blocked fp32 GEMM (backends/cpu/gemm.py) over an
+im2col matrix; other convolutions and the poolings are loop-IR reductions over a window.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..ir import dtypes
+from ..ir.ops.nn import _pair
+from . import loop_ir as L
+from .lowering import Lazy, View, out_vars
+from .rules import emit_matmul, rule, window
+
+
+@rule("conv2d")
+def _conv2d(lw, n, r):
+    x, w = r[0], r[1]
+    bias = r[2] if len(r) > 2 else None
+    out = n.outputs[0]
+    (sh, sw), (ph, pw), (dh, dw) = (_pair(n.attrs[k]) for k in ("stride", "padding", "dilation"))
+    groups = n.attrs["groups"]
+    O, Cg, KH, KW = w.shape
+    H, W = x.shape[2], x.shape[3]
+    if groups == 1 and x.dtype is dtypes.f32 and out.dtype is dtypes.f32:
+        res = _conv2d_gemm(lw, x, w, bias, out, (sh, sw), (ph, pw), (dh, dw))
+        if res is not None:
+            return res
+    i0, i1, i2, i3 = out_vars(4)
+    rc, rh, rw = out_vars(3, "r")
+    og = O // groups
+    cin = (i1 // og) * Cg + rc if groups > 1 else rc
+    hh, ww, inb = window(i2, i3, rh, rw, (sh, sw), (ph, pw), (dh, dw), H, W, check=bool(ph or pw))
+    xv = lw.as_view(x)
+    xi = xv.flat_index([i0, cin, hh, ww])
+    body = L.masked_load(xv.buf, xi, inb, 0.0) * w.load([i1, rc, rh, rw])
+    post = (L.var("acc", out.dtype) + bias.load([i1])) if bias is not None else None
+    return lw.reduce(out.dtype, out.shape, (Cg, KH, KW), body, "sum", post, out)
+
+
+def _conv2d_gemm(lw, x, w, bias, out, stride, pad, dil):
+    """conv2d as a GEMM per image: out[n] (O x Ho*Wo) = W (O x C*KH*KW) @ cols[n].
+
+    ``cols`` is the im2col matrix (one stored gather, zeros for the padding); a 1x1
+    convolution with stride 1 and no padding reads the input as it is. The weight is
+    the GEMM's A operand, read in place (unit stride along K); the output comes out in
+    NCHW order, with the bias as the GEMM epilogue.
+    """
+    wv = lw.const_array(w)
+    if wv is None:
+        return None
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dil
+    O, C, KH, KW = w.shape
+    N, H, W = x.shape[0], x.shape[2], x.shape[3]
+    Ho, Wo = out.shape[2], out.shape[3]
+    K = C * KH * KW
+    a = lw.const(np.ascontiguousarray(wv.reshape(O, K)), w.dtype, w.buf.name + "_gemm")
+    xv = lw.as_view(x)
+    if KH == KW == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0) and xv.is_contiguous:
+        cols = View(xv.buf, (N, K, H * W), None, xv.offset)
+    else:
+        def gather(ix):
+            i0, c, rh, rw, ho, wo = ix
+            hh, ww, inb = window(ho, wo, rh, rw, (sh, sw), (ph, pw), (dh, dw), H, W, check=bool(ph or pw))
+            return L.masked_load(xv.buf, xv.flat_index([i0, c, hh, ww]), inb, 0.0)
+        stored = lw.store(Lazy((N, C, KH, KW, Ho, Wo), x.dtype, gather))
+        cols = View(stored.buf, (N, K, Ho * Wo))
+    epi = (lambda acc, ix: acc + bias.load([ix[1]])) if bias is not None else None
+    res = emit_matmul(lw, a, cols, (N, O, Ho * Wo), out.dtype, out, epi)
+    return View(res.buf, out.shape)
+
+
+def _window(n, x, kind):
+    (kh, kw), (sh, sw), (ph, pw) = (_pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
+    dh, dw = _pair(n.attrs.get("dilation", (1, 1)))
+    i0, i1, i2, i3 = out_vars(4)
+    rh, rw = out_vars(2, "r")
+    # always checked: ceil_mode windows can run past the input's end even without padding
+    hh, ww, inb = window(i2, i3, rh, rw, (sh, sw), (ph, pw), (dh, dw), x.shape[2], x.shape[3])
+    return (kh, kw), (sh, sw), (ph, pw), (i2, i3), (hh, ww), inb
+
+
+@rule("max_pool2d")
+def _max_pool(lw, n, r):
+    x, out = lw.as_view(r[0]), n.outputs[0]
+    (kh, kw), _, _, _, (hh, ww), inb = _window(n, x, "max")
+    i0, i1 = out_vars(2)
+    lowest = -math.inf if out.dtype.is_float else int(np.iinfo(out.dtype.np).min)
+    body = L.masked_load(x.buf, x.flat_index([i0, i1, hh, ww]), inb, lowest)
+    return lw.reduce(out.dtype, out.shape, (kh, kw), body, "max", None, out)
+
+
+@rule("avg_pool2d")
+def _avg_pool(lw, n, r):
+    x, out = lw.as_view(r[0]), n.outputs[0]
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow), (hh, ww), inb = _window(n, x, "avg")
+    i0, i1 = out_vars(2)
+    body = L.masked_load(x.buf, x.flat_index([i0, i1, hh, ww]), inb, 0.0)
+    H, W = L.idx(x.shape[2]), L.idx(x.shape[3])
+    h0, w0 = oh * sh - ph, ow * sw - pw
+    if n.attrs["count_include_pad"]:  # window clipped to the padded input
+        ch = L.binary("min", h0 + kh, H + ph) - h0
+        cw = L.binary("min", w0 + kw, W + pw) - w0
+    else:  # window clipped to the input
+        ch = L.binary("min", h0 + kh, H) - L.binary("max", h0, 0)
+        cw = L.binary("min", w0 + kw, W) - L.binary("max", w0, 0)
+    post = L.var("acc", out.dtype) / L.cast(ch * cw, out.dtype)
+    return lw.reduce(out.dtype, out.shape, (kh, kw), body, "sum", post, out)
+
+
+@rule("adaptive_avg_pool2d")
+def _adaptive(lw, n, r):
+    x, out = lw.as_view(r[0]), n.outputs[0]
+    OH, OW = n.attrs["output_size"]
+    H, W = x.shape[2], x.shape[3]
+    i0, i1, i2, i3 = out_vars(4)
+    rh, rw = out_vars(2, "r")
+
+    def bounds(i, size, osz):
+        return (i * L.idx(size)) // osz, (i * L.idx(size) + L.idx(size) + (osz - 1)) // osz
+    h0, h1 = bounds(i2, H, OH)
+    w0, w1 = bounds(i3, W, OW)
+    # the largest window is ceil(size/out)+1; lanes past a window's end are masked
+    kh = (H + OH - 1) // OH + 1 if isinstance(H, int) else H
+    kw = (W + OW - 1) // OW + 1 if isinstance(W, int) else W
+    if isinstance(H, int) and H % OH == 0:
+        kh = H // OH
+    if isinstance(W, int) and W % OW == 0:
+        kw = W // OW
+    hh, ww = h0 + rh, w0 + rw
+    inb = L.binary("and", L.binary("lt", hh, h1), L.binary("lt", ww, w1))
+    body = L.masked_load(x.buf, x.flat_index([i0, i1, hh, ww]), inb, 0.0)
+    post = L.var("acc", out.dtype) / L.cast((h1 - h0) * (w1 - w0), out.dtype)
+    return lw.reduce(out.dtype, out.shape, (kh, kw), body, "sum", post, out)
