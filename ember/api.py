@@ -99,6 +99,15 @@ class CompiledModel:
         self._out_spec = graph.meta.get("torch_out_spec")
 
     @property
+    def threads(self) -> int:
+        """Threads the model's kernels run on; assign to change it (no recompilation)."""
+        return self.native.threads
+
+    @threads.setter
+    def threads(self, n: int) -> None:
+        self.native.set_threads(n)
+
+    @property
     def inputs(self) -> list[TensorSpec]:
         return self.native.inputs
 
@@ -135,7 +144,8 @@ class CompiledModel:
 
 
 def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_level: int = 2,
-            dump_after=(), verify: bool | None = None, fallback: str | None = None, quantize=None):
+            dump_after=(), verify: bool | None = None, fallback: str | None = None, quantize=None,
+            threads: int | None = None):
     """Compile ``model`` for this CPU.
 
     ``opt_level`` 0 runs no graph passes, 1 cleanups, 2 everything (the default).
@@ -143,6 +153,8 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
     and names the first one that changes the model's results. ``fallback="torch"`` runs the
     parts of a PyTorch model that Ember cannot import through PyTorch instead of failing.
     ``quantize="dynamic"`` or ``quantize=ember.quant.static(batches)`` runs int8 where it pays.
+    ``threads`` sets how many threads the kernels use (default: $EMBER_NUM_THREADS, else
+    every core this process may run on); ``compiled.threads = n`` changes it later.
 
     >>> compiled = ember.compile(torch.nn.Linear(10, 1), (torch.randn(1, 10),),
     ...                          dynamic={"input": {0: "batch"}})
@@ -157,7 +169,8 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
         if fallback != "torch":
             raise
         from .fallback import compile_with_fallback
-        return compile_with_fallback(model, example_inputs, dynamic, e, opt_level=opt_level, verify=verify)
+        return compile_with_fallback(model, example_inputs, dynamic, e, opt_level=opt_level, verify=verify,
+                                     threads=threads)
     verify_graph(graph)
     pm = default_pipeline(opt_level, dump_after, verify, _numpy_inputs(example_inputs, graph))
     graph = pm.run(graph)
@@ -178,20 +191,23 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
     names = graph.output_names or [f"output{k}" for k in range(len(graph.outputs))]
     native = NativeModule(lib, prog.symbols, [_spec(v) for v in graph.inputs],
                           [_spec(v, n) for v, n in zip(graph.outputs, names)], prog.const_data,
-                          graph.sym_ranges)
+                          graph.sym_ranges, threads)
     cm = CompiledModel(graph, source, native, pm.report())
     cm.kernels, cm.fusions, cm.memory_plan, cm.pass_records = len(prog.kernels), fusions, plan, pm.records
     cm.quant_report = quant_report
     return cm
 
 
-def load(path, rebuild: bool = False) -> CompiledModel:
+def load(path, rebuild: bool = False, threads: int | None = None) -> CompiledModel:
     """Load an artifact written by ``CompiledModel.save`` (needs numpy only).
 
     >>> model = ember.load("model.ember"); y = model(x)
     """
     from .runtime.artifact import load_model
-    return load_model(path, rebuild=rebuild)
+    model = load_model(path, rebuild=rebuild)
+    if threads is not None:
+        model.threads = threads
+    return model
 
 
 def _numpy_inputs(example_inputs, graph) -> list | None:

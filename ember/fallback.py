@@ -299,7 +299,7 @@ class FallbackModel:
 
 
 def compile_with_fallback(model, example_inputs, dynamic, error: UnsupportedOpError, *,
-                          opt_level: int = 2, verify=None):
+                          opt_level: int = 2, verify=None, threads: int | None = None):
     """Compile ``model`` with the ops in ``error`` (and anything that depends on how they
     behave at run time) running through PyTorch. Warns once, listing those ops."""
     from torch.export.graph_signature import InputKind
@@ -344,7 +344,8 @@ def compile_with_fallback(model, example_inputs, dynamic, error: UnsupportedOpEr
                   FallbackWarning, stacklevel=3)
     for kind, s in steps:
         if kind == "ember":
-            s.compiled = api.compile(s.graph, None, opt_level=opt_level, verify=verify)
+            s.compiled = api.compile(s.graph, None, opt_level=opt_level, verify=verify,
+                                     threads=threads)
     return FallbackModel(ep, steps, ctx, params, ops)
 
 

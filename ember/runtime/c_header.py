@@ -70,6 +70,8 @@ def render(manifest: dict) -> str:
         " *     Thread-safe when each thread passes its own workspace and outputs.",
         " *   int64_t ember_workspace_size(const int64_t *dims);",
         " *   int ember_abi_version(void);   must equal EMBER_ABI_VERSION",
+        " *   void ember_set_num_threads(int n);   threads for every later ember_main (0: OpenMP's",
+        " *     default, OMP_NUM_THREADS)",
         " *",
         f" * Built for {manifest['target']['arch']} with -march=native; CPU features: "
         f"{' '.join(manifest['target']['features']) or '(baseline)'}",
@@ -99,7 +101,8 @@ def render(manifest: dict) -> str:
               "int ember_main(const int64_t *dims, void *const *in, void *const *out,",
               "               void *const *consts, char *workspace);",
               "int64_t ember_workspace_size(const int64_t *dims);",
-              "int ember_abi_version(void);", ""]
+              "int ember_abi_version(void);",
+              "void ember_set_num_threads(int n);", ""]
     for kind, specs in (("input", manifest["inputs"]), ("output", manifest["outputs"])):
         lines.append(f"/* Number of elements of {kind} k for the sizes in dims[]. */")
         lines.append(f"static inline int64_t ember_{kind}_numel(int k, const int64_t *dims) {{")

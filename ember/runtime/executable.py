@@ -27,6 +27,15 @@ _P = ctypes.c_void_p
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 
+def default_threads() -> int:
+    """The cores this process may use (its CPU affinity), the same count PyTorch's default
+    picks on this kind of machine, so the two runtimes never ask for more threads than cores."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @dataclass
 class TensorSpec:
     name: str
@@ -68,7 +77,7 @@ class _Slot:
 class NativeModule:
     def __init__(self, lib_path: str, symbols: list[str], inputs: list[TensorSpec],
                  outputs: list[TensorSpec], consts: list[np.ndarray],
-                 sym_ranges: dict | None = None):
+                 sym_ranges: dict | None = None, threads: int | None = None):
         self.lib_path = str(lib_path)
         self.lib = ctypes.CDLL(self.lib_path)  # CDLL releases the GIL during calls
         self._main = self.lib.ember_main
@@ -93,6 +102,27 @@ class NativeModule:
         self._fast = fastcall.load()   # None: call through ctypes
         self._fn_addr = ctypes.cast(self._main, _P).value
         self._consts_addr = ctypes.addressof(self._const_ptrs)
+        self.threads = 0
+        self.set_threads(threads)
+
+    def set_threads(self, n: int | None) -> None:
+        """Threads for this model's parallel kernels: ``n``, else $EMBER_NUM_THREADS, else the
+        cores this process may run on. Applied on every call, per model."""
+        if n is None:
+            env = os.environ.get("EMBER_NUM_THREADS", "").strip()
+            if env:
+                if not env.isdigit() or int(env) < 1:
+                    raise InputError(f"EMBER_NUM_THREADS must be a positive integer, got {env!r}")
+                n = int(env)
+            else:
+                n = default_threads()
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"threads must be a positive integer, got {n!r}")
+        self.threads = n
+        setter = getattr(self.lib, "ember_set_num_threads", None)  # absent in pre-0.x libraries
+        if setter is not None:
+            setter.argtypes = [ctypes.c_int]
+            setter(n)
 
     # -- shapes
     def bind(self, shapes) -> dict[str, int]:

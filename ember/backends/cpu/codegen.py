@@ -537,8 +537,13 @@ def generate(prog: Program, plan=None) -> str:
             out.append(TEMPLATE_PRELUDES[kind])
     for text, name in kp.funcs.items():
         out.append(f"static void {name}{text}")
+    # the runtime sets the thread count once per model (threads= / EMBER_NUM_THREADS); the
+    # entry point applies it to the calling thread, so two models in one process each keep theirs
+    out.append("#include <omp.h>\nstatic int ember_threads = 0;\n"
+               "void ember_set_num_threads(int n) { ember_threads = n; }")
     body = ["int ember_main(const int64_t *dims, void *const *in, void *const *out, "
-            "void *const *consts, char *ws) {"]
+            "void *const *consts, char *ws) {",
+            "  if (ember_threads > 0 && omp_get_max_threads() != ember_threads) omp_set_num_threads(ember_threads);"]
     needed = set()
     for _, bufs, _ in calls:
         needed.update(bufs)
