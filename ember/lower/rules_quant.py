@@ -1,8 +1,14 @@
 """Lowerings for the quantization ops in ember/ir/ops/quant.py, registered into ``rules.RULES``.
 
-The integer GEMMs (``quant_linear``, ``matmul_integer``, ``quant_conv2d``) lower to loop-IR
-*reductions*, not to the ``Matmul`` template: the template computes in the A operand's C type
-and its blocked fp32 kernel (backends/cpu/gemm.py) has no integer path. A reduction whose body
+The integer GEMMs ``quant_linear`` and ``matmul_integer`` with a constant weight lower to the
+int8 GEMM template (``lower/qgemm.py``, printed by backends/cpu/gemm_int8.py): a pointwise
+loop writes the activations minus their zero point as int16 rows (K padded to even), the
+weight is packed at compile time, and dequantization (scales, bias) is the kernel's epilogue.
+That path is exact: it is taken only when K * 255 * max|w| < 2**31 (int32 accumulation).
+
+Otherwise (symbolic K, a weight that is not a constant, ``quant_conv2d``) they lower to
+loop-IR *reductions*: the ``Matmul`` template computes in the A operand's C type and its
+blocked fp32 kernel (backends/cpu/gemm.py) has no integer path. A reduction whose body
 is ``int32(x[i, k]) * int32(w[n, k])`` over contiguous rows of x and of the (compile-time
 laid out [N, K]) weight is a dot product that gcc vectorizes (widening loads + multiply-add
 in 32-bit lanes). The accumulator is int32 when ``K * max|x| * max|w|`` provably fits, else
@@ -18,7 +24,9 @@ from ..ir.ops.nn import _pair
 from ..ir.ops.quant import qrange
 from ..ir.symbolic import prod
 from . import loop_ir as L
-from .lowering import Lazy, out_vars
+from .lowering import Lazy, View, out_vars
+from .packing_int8 import pack_pairs
+from .qgemm import QGemm
 from .rules import bcast, permute, reduce_over, reshape, rule, window
 
 F32, I32, I64 = dtypes.f32, dtypes.i32, dtypes.i64
@@ -153,6 +161,39 @@ def _all_zero(lw, ref) -> bool:
     return arr is not None and not np.any(arr)
 
 
+def qgemm(lw, x2, zp, w: np.ndarray, epilogue, out_dtype, value=None):
+    """Emit the int8 GEMM ``epilogue(sum_k (x2[i, k] - zp(i)) * w[j, k], i, j)`` if it is exact.
+
+    ``x2``: a View [m, K] of 8-bit activations; ``zp(i)``: their zero point (an Expr of the
+    row var) or None; ``w``: the constant integer weight [N, K]. Returns a View [m, N], or
+    None when K or N is symbolic or the int32 sum could overflow (the caller falls back).
+    """
+    m, K = x2.shape
+    N = w.shape[0]
+    if not (isinstance(K, int) and isinstance(N, int)) or K == 0 or N == 0:
+        return None
+    wmax = int(np.abs(w.astype(np.int64)).max())
+    if K * 255 * max(wmax, 1) >= 2 ** 31:   # |x - zp| <= 255 for any 8-bit x and zero point
+        return None
+    wdt = (np.int8, dtypes.i8) if wmax <= 127 and w.min() >= -128 else (np.int16, dtypes.i16)
+    wp = lw.const(pack_pairs(w, wdt[0]), wdt[1], "qgemm_w").buf
+    K2 = K + K % 2
+
+    def a16(ix):  # x - zp as int16, zeros in the padding column
+        inb = L.binary("lt", ix[1], L.idx(K))
+        x = L.load(x2.buf, L.where(inb, x2.flat_index(ix), L.idx(0))) if K2 != K else x2.load(ix)
+        v = L.cast(x, dtypes.i16)
+        if zp is not None:
+            v = v - L.cast(zp(ix[0]), dtypes.i16)
+        return L.where(inb, v, L.const(0, dtypes.i16)) if K2 != K else v
+    a = lw.store(Lazy((m, K2), dtypes.i16, a16)).buf
+    buf = lw.temp(out_dtype, (m, N), value)
+    i0, i1 = out_vars(2)
+    epi = epilogue(L.var("acc", I32), i0, i1)
+    lw.prog.kernels.append(QGemm(lw._name("k"), buf, (m, N), m, N, K2, a, wp, epi))
+    return View(buf, (m, N))
+
+
 @rule("quant_linear")
 def _quant_linear(lw, n, r):
     xq, xs, xz, wq, ws = r[:5]
@@ -165,11 +206,24 @@ def _quant_linear(lw, n, r):
     per_row = len(xs.shape) > 0
     xs2 = reshape(xs, (m, 1)) if per_row else xs
     xz2 = reshape(xz, (m, 1)) if per_row else xz
-    acc_t = _acc_dtype(K, xq.dtype, wq.dtype)
     w = lw.as_view(wq)
+    warr = lw.const_array(w)
+    if warr is not None:
+        zp = None
+        if not _all_zero(lw, xz):
+            zp = (lambda i: xz2.load([i, L.idx(0)])) if per_row else (lambda i: xz2.load([]))
+        wsl = (lambda j: ws.load([])) if len(ws.shape) == 0 else \
+            (lambda j: ws.load([L.idx(0)] if ws.shape[0] == 1 else [j]))
+
+        def epilogue(acc, i, j):
+            y = L.cast(acc, F32) * ((xs2.load([i, L.idx(0)]) if per_row else xs2.load([])) * wsl(j))
+            return y + bias.load([j]) if bias is not None else y
+        res = qgemm(lw, x2, zp, warr, epilogue, F32, out)
+        if res is not None:
+            return reshape(res, out.shape) if len(out.shape) != 2 else res
+    acc_t = _acc_dtype(K, xq.dtype, wq.dtype)
     i0, i1 = out_vars(2)
     r0 = L.var("r0")
-    warr = lw.const_array(w)
     if acc_t is I32 and warr is not None:
         # AVX2 has no non-saturating u8 x s8 dot product (vpmaddubsw saturates to int16), but
         # vpmaddwd (int16 pairs -> int32) is exact: keep int16 copies of the operands so that
@@ -205,6 +259,26 @@ def _quant_linear(lw, n, r):
     return reshape(lw.as_view(permute(res, (1, 0))), out.shape) if len(out.shape) != 2 else permute(res, (1, 0))
 
 
+def _matmul_integer_qgemm(lw, r, shape, value):
+    """MatMulInteger against a constant 2-D B (its zero point folded into the packed weight)
+    through the int8 GEMM; None when that does not apply."""
+    a, b = r[0], r[1]
+    barr = lw.const_array(b) if len(b.shape) == 2 else None
+    zb = lw.const_array(r[3]) if len(r) > 3 else np.zeros((), np.int64)
+    if barr is None or zb is None:
+        return None
+    w = (barr.astype(np.int64) - zb.astype(np.int64).reshape(-1 if zb.size > 1 else ())).T
+    M, K = a.shape[-2], a.shape[-1]
+    a2 = lw.as_view(reshape(lw.as_view(a), (prod(a.shape[:-1]), K)))
+    zp = None
+    if len(r) > 2 and not _all_zero(lw, r[2]):
+        za = r[2]
+        per_row = len(za.shape) == 1 and za.shape[0] != 1
+        zp = (lambda i: za.load([i % L.idx(M)])) if per_row else (lambda i: za.load([L.idx(0)] * len(za.shape)))
+    res = qgemm(lw, a2, zp, w, lambda acc, i, j: None, dtypes.i32, value)
+    return None if res is None else reshape(res, shape)
+
+
 @rule("matmul_integer")
 def _matmul_integer(lw, n, r):
     a, b = r[0], r[1]
@@ -212,6 +286,9 @@ def _matmul_integer(lw, n, r):
     shape = tuple(out.shape)
     rank = len(shape)
     K = a.shape[-1]
+    res = _matmul_integer_qgemm(lw, r, shape, out)
+    if res is not None:
+        return res
     acc_t = _acc_dtype(K, a.dtype, b.dtype)
     ov = out_vars(rank)
     r0 = L.var("r0")
