@@ -1,16 +1,54 @@
-"""The lowering of ``attention`` (ember/ir/ops/nn.py), registered into ``rules.RULES``."""
+"""The lowering of ``attention`` (ember/ir/ops/nn.py), registered into ``rules.RULES``.
+
+float32 attention becomes one fused ``Attention`` kernel (lower/attention.py) that reads q, k,
+v and the mask through their strides, so the usual permuted views of a projection output
+are not copied; only a value not yet in a buffer (a ``Lazy``, e.g. a mask computed from the
+attention mask input) is stored first. Other dtypes take the unfused path: GEMM with the
+scale/mask/causal epilogue, row max, exp, row sum, GEMM.
+"""
 from __future__ import annotations
 
 import math
 
+from ..ir import dtypes
 from ..ir.ops.registry import broadcast_shapes
 from . import loop_ir as L
-from .lowering import Lazy
+from .attention import Attention
+from .lowering import Lazy, View
 from .rules import bcast, emit_matmul, permute, reduce_over, rule
+
+
+def _operand(lw, ref, shape) -> L.Operand:
+    """``ref`` as a strided operand of the (broadcast) ``shape``: stride 0 where it repeats."""
+    view = lw.as_view(ref)
+    lead = len(shape) - len(view.shape)
+    strides = [0] * lead + [s if d != 1 else 0 for s, d in zip(view.strides, view.shape)]
+    return L.Operand(view.buf, view.offset, tuple(strides))
 
 
 @rule("attention")
 def _attention(lw, n, r):
+    out = n.outputs[0]
+    rank = len(out.shape)
+    if all(x.dtype is dtypes.f32 and len(x.shape) <= rank for x in r) and out.dtype is dtypes.f32:
+        return _fused(lw, n, r)
+    return _unfused(lw, n, r)
+
+
+def _fused(lw, n, r):
+    q, k, v = r[:3]
+    out, a = n.outputs[0], n.attrs
+    batch = tuple(out.shape[:-2])
+    sq, sk, d, dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    ops = [_operand(lw, x, batch + s) for x, s in zip(r, [(sq, d), (sk, d), (sk, dv), (sq, sk)])]
+    buf = lw.temp(out.dtype, out.shape, out)
+    lw.prog.kernels.append(Attention(lw._name("k"), buf, tuple(out.shape), batch, sq, sk, d, dv,
+                                     ops[0], ops[1], ops[2], ops[3] if len(ops) > 3 else None,
+                                     float(a["scale"]), bool(a["causal"]), bool(a["safe"])))
+    return View(buf, out.shape)
+
+
+def _unfused(lw, n, r):
     q, k, v = r[:3]
     mask = r[3] if len(r) > 3 else None
     out, a = n.outputs[0], n.attrs

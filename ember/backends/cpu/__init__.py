@@ -1,1 +1,2 @@
-from . import attention  # noqa: F401  (registers the printer of the fused attention template)
+from . import gemm_int8  # noqa: E402,F401  (registers the int8 GEMM template printer)
+from . import attention  # noqa: E402,F401  (registers the fused attention template printer)
