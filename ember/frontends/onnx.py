@@ -446,6 +446,7 @@ def _opset_of(m) -> int:
 
 def _import(m, dynamic: dict, input_shapes: dict, bind: dict) -> Graph:
     from . import onnx_ops
+    from . import onnx_ops_quant  # noqa: F401 - registers the quantized-op converters
     if m.functions:
         try:
             from onnx import inliner
