@@ -1,0 +1,151 @@
+"""The fused attention kernel (backends/cpu/attention.py) against the op's numpy reference.
+
+Batch and both sequence lengths are symbolic, so one build per graph runs every size in
+its list: lengths around the 16-query and 64-key blocks, Sq != Sk both ways, and one long
+sequence (513) that crosses many key blocks of the online softmax.
+"""
+import numpy as np
+import pytest
+
+from ember.ir import Graph, TensorType, dtypes, sym
+from ember.lower.attention import Attention
+from ember.lower.loop_ir import Loop
+from ember.lower.lowering import lower
+from ember.testing import check_against_reference
+
+F32 = dtypes.f32
+B, SQ, SK = sym("b"), sym("sq"), sym("sk")
+rng = np.random.default_rng(7)
+# (batch, Sq, Sk): every length in both roles, not the full product
+SIZES = [(1, 1, 1), (2, 2, 7), (1, 7, 2), (1, 7, 63), (2, 63, 64), (1, 64, 65), (1, 65, 64),
+         (1, 513, 65), (1, 2, 513), (1, 513, 513)]
+H = 2
+
+
+def rand(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def build(d, dv=None, mask_shape=None, causal=False, safe=True, scale=None, kv_heads=H):
+    dv = dv or d
+    g = Graph()
+    ins = [g.add_input("q", TensorType(F32, (B, H, SQ, d))),
+           g.add_input("k", TensorType(F32, (B, kv_heads, SK, d))),
+           g.add_input("v", TensorType(F32, (B, kv_heads, SK, dv)))]
+    if mask_shape is not None:
+        ins.append(g.add_input("mask", TensorType(F32, mask_shape)))
+    attrs = {"scale": scale if scale is not None else d ** -0.5, "causal": causal, "safe": safe}
+    g.outputs = [g.op("attention", ins, attrs)]
+    return g
+
+
+def inputs(b, sq, sk, d, dv=None, kv_heads=H, spread=1.5):
+    dv = dv or d
+    return [rand(b, H, sq, d, scale=spread), rand(b, kv_heads, sk, d, scale=spread), rand(b, kv_heads, sk, dv)]
+
+
+def check(g, sets):
+    assert any(isinstance(k, Attention) for k in lower(g).kernels), "the fused kernel was not used"
+    check_against_reference(g, sets, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("d", [1, 3, 16, 64, 127])
+def test_head_dims(d):
+    check(build(d), [inputs(b, sq, sk, d) for b, sq, sk in SIZES])
+
+
+def test_value_dim_differs_and_shared_kv_head():
+    # Dv = 5 (ragged: V is copied into padded blocks); one K/V head broadcast to both query heads
+    g = build(16, dv=5, kv_heads=1)
+    check(g, [inputs(b, sq, sk, 16, dv=5, kv_heads=1) for b, sq, sk in SIZES[:7]])
+
+
+def test_large_scores_rescale_the_accumulator():
+    # keys grow along the sequence: each key block's max dwarfs the ones before it
+    g = build(64, scale=0.25)
+    sets = []
+    for sq, sk in [(7, 513), (65, 130)]:
+        q, k, v = inputs(1, sq, sk, 64, spread=1.0)
+        sets.append([q, k * np.linspace(1, 4, sk, dtype=np.float32)[:, None], v])
+    check(g, sets)
+
+
+def _pad_mask(b, sk, fill):
+    m = np.where(rng.random((b, 1, 1, sk)) < 0.4, fill, 0).astype(np.float32)
+    m[..., 0] = 0   # every row keeps key 0
+    return m
+
+
+@pytest.mark.parametrize("fill", [-np.inf, -1e9, np.finfo(np.float32).min])
+def test_padding_mask(fill):
+    g = build(64, mask_shape=(B, 1, 1, SK))
+    check(g, [inputs(b, sq, sk, 64) + [_pad_mask(b, sk, fill)] for b, sq, sk in SIZES])
+
+
+def test_full_masks():
+    # a [Sq, Sk] mask shared by the batch and a per-batch [B, 1, Sq, Sk] one
+    g = build(16, mask_shape=(SQ, SK))
+    check(g, [inputs(b, sq, sk, 16) + [rand(sq, sk, scale=3.0)] for b, sq, sk in SIZES])
+    g = build(16, mask_shape=(B, 1, SQ, SK))
+    sets = []
+    for b, sq, sk in SIZES:
+        m = np.where(rng.random((b, 1, sq, sk)) < 0.3, -np.inf, rand(b, 1, sq, sk)).astype(np.float32)
+        m[..., 0] = 0
+        sets.append(inputs(b, sq, sk, 16) + [m])
+    check(g, sets)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_causal(masked):
+    # Sq > Sk leaves the first rows without any visible key: zeros (safe)
+    g = build(64, mask_shape=(B, 1, 1, SK) if masked else None, causal=True)
+    sets = []
+    for b, sq, sk in SIZES + [(1, 130, 513), (1, 100, 7)]:
+        xs = inputs(b, sq, sk, 64)
+        sets.append(xs + [_pad_mask(b, sk, -np.inf)] if masked else xs)
+    check(g, sets)
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_fully_masked_rows(safe):
+    # whole rows of -inf: safe gives zeros, unsafe gives NaN like the reference
+    g = build(16, mask_shape=(B, 1, SQ, SK), safe=safe)
+    sets = []
+    for b, sq, sk in [(2, 7, 63), (1, 65, 130), (2, 17, 513)]:
+        m = np.zeros((b, 1, sq, sk), np.float32)
+        m[0, :, ::3] = -np.inf     # every third query row of batch 0 sees nothing
+        if b > 1:
+            m[1] = -np.inf         # batch 1 sees nothing at all
+        sets.append(inputs(b, sq, sk, 16) + [m])
+    check(g, sets)
+
+
+def test_permuted_views_are_read_in_place():
+    # q, v as [B, S, H, D] projections permuted to [B, H, S, D]; k given transposed [B, H, D, S]
+    g = Graph()
+    q = g.add_input("q", TensorType(F32, (B, SQ, H, 64)))
+    k = g.add_input("k", TensorType(F32, (B, H, 64, SK)))
+    v = g.add_input("v", TensorType(F32, (B, SK, H, 64)))
+    qp = g.op("permute", [q], {"perm": (0, 2, 1, 3)})
+    kp = g.op("permute", [k], {"perm": (0, 1, 3, 2)})
+    vp = g.op("permute", [v], {"perm": (0, 2, 1, 3)})
+    g.outputs = [g.op("attention", [qp, kp, vp], {"scale": 0.125, "causal": True, "safe": True})]
+    kernels = lower(g).kernels
+    assert not any(isinstance(k, Loop) for k in kernels), "a permuted operand was copied"
+    check(g, [[rand(b, sq, H, 64), rand(b, H, 64, sk), rand(b, sk, H, 64)] for b, sq, sk in SIZES[:8]])
+
+
+def test_float64_takes_the_unfused_path():
+    g = Graph()
+    ins = [g.add_input(n, TensorType(dtypes.f64, (B, SQ, 8))) for n in "qkv"]
+    g.outputs = [g.op("attention", ins, {"scale": 0.3, "causal": True, "safe": True})]
+    assert not any(isinstance(k, Attention) for k in lower(g).kernels)
+    check_against_reference(g, [[rng.standard_normal((2, 9, 8)) for _ in "qkv"]])
+
+
+def test_portable_fallback(monkeypatch):
+    # the plain-C micro-kernels, as built for a CPU without AVX2/FMA
+    from ember.backends.cpu import toolchain
+    monkeypatch.setattr(toolchain, "FLAGS", toolchain.FLAGS + ("-mno-avx2", "-mno-fma"))
+    g = build(16, dv=5, mask_shape=(B, 1, 1, SK), causal=True)
+    check(g, [inputs(b, sq, sk, 16, dv=5) + [_pad_mask(b, sk, -np.inf)] for b, sq, sk in SIZES[:8]])
