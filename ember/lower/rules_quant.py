@@ -21,11 +21,11 @@ import numpy as np
 
 from ..ir import dtypes
 from ..ir.ops.nn import _pair
-from ..ir.ops.quant import qrange
+from ..ir.ops.quant import dynamic_qmax, qrange
 from ..ir.symbolic import prod
 from . import loop_ir as L
 from .lowering import Lazy, View, out_vars
-from .packing_int8 import pack_pairs
+from .packing_int8 import pack_groups
 from .qgemm import QGemm
 from .rules import bcast, permute, reduce_over, reshape, rule, window
 
@@ -75,9 +75,10 @@ def _param(ref, x_shape, axis):
     return lambda ix: ref.load([ix[ax]])
 
 
-def quantize_expr(v: L.Expr, inv_or_scale: L.Expr, zp: L.Expr, dt, divide: bool) -> L.Expr:
-    """saturate(round_half_even(v / scale) + zp) as an expression of dtype ``dt``."""
-    lo, hi = qrange(dt)
+def quantize_expr(v: L.Expr, inv_or_scale: L.Expr, zp: L.Expr, dt, divide: bool, hi=None) -> L.Expr:
+    """saturate(round_half_even(v / scale) + zp) as an expression of dtype ``dt`` (codes up
+    to ``hi``, default the dtype's maximum)."""
+    lo, hi = qrange(dt)[0], qrange(dt)[1] if hi is None else hi
     zf = L.cast(zp, F32)
     q = v / inv_or_scale if divide else v * inv_or_scale
     q = clamp(q, fconst(lo) - zf, fconst(hi) - zf)   # integer bounds: clamp then round = round then clamp
@@ -112,6 +113,7 @@ def _dequantize_linear(lw, n, r):
 def _dynamic_quantize(lw, n, r):
     x = lw.as_view(r[0])  # read three times (min, max, quantize): compute it once
     per_row, dt = n.attrs["per_row"], n.attrs["dtype"]
+    qmax = dynamic_qmax(dt, n.attrs.get("reduce_range", False))
     qv, sv, zv = n.outputs
     rank = len(x.shape)
     axes = [rank - 1] if per_row else list(range(rank))
@@ -123,15 +125,15 @@ def _dynamic_quantize(lw, n, r):
         def scale_fn(ix):
             lo = L.binary("min", mn.load(ix), fconst(0.0))
             hi = L.binary("max", mx.load(ix), fconst(0.0))
-            sc = (hi - lo) * fconst(np.float32(1 / 255))
+            sc = (hi - lo) * fconst(np.float32(1 / qmax))
             return L.where(L.binary("eq", sc, fconst(0.0)), fconst(1.0), sc)
         scale = lw.store(Lazy(pshape, F32, scale_fn), sv)
 
         def zp_fn(ix):
             lo = L.binary("min", mn.load(ix), fconst(0.0))
             inv = L.unary("reciprocal", scale.load(ix))
-            z = round_half_even(clamp(L.unary("neg", lo * inv), 0.0, 255.0))
-            return L.cast(clamp(z, 0.0, 255.0), dt)
+            z = round_half_even(clamp(L.unary("neg", lo * inv), 0.0, float(qmax)))
+            return L.cast(clamp(z, 0.0, float(qmax)), dt)
         zp = lw.store(Lazy(pshape, dt, zp_fn), zv)
     else:
         amax = reduce_over(lw, Lazy(x.shape, F32, lambda ix: L.unary("abs", x.load(ix))), axes, per_row, "max")
@@ -143,7 +145,7 @@ def _dynamic_quantize(lw, n, r):
         zp = lw.store(Lazy(pshape, dt, lambda ix: L.const(0, dt)), zv)
     sb, zb = bcast(scale, x.shape), bcast(zp, x.shape)
     q = lw.store(Lazy(x.shape, dt, lambda ix: quantize_expr(
-        x.load(ix), L.unary("reciprocal", sb(ix)), zb(ix), dt, False)), qv)
+        x.load(ix), L.unary("reciprocal", sb(ix)), zb(ix), dt, False, qmax)), qv)
     return [q, scale, zp]
 
 
@@ -161,37 +163,69 @@ def _all_zero(lw, ref) -> bool:
     return arr is not None and not np.any(arr)
 
 
-def qgemm(lw, x2, zp, w: np.ndarray, epilogue, out_dtype, value=None):
+def qgemm(lw, x2, zp, w: np.ndarray, epilogue, out_dtype, value=None, u7: bool = False):
     """Emit the int8 GEMM ``epilogue(sum_k (x2[i, k] - zp(i)) * w[j, k], i, j)`` if it is exact.
 
-    ``x2``: a View [m, K] of 8-bit activations; ``zp(i)``: their zero point (an Expr of the
-    row var) or None; ``w``: the constant integer weight [N, K]. Returns a View [m, N], or
-    None when K or N is symbolic or the int32 sum could overflow (the caller falls back).
+    ``x2``: a View [m, K] of 8-bit activations; ``u7``: their codes are known to be in
+    [0, 127] (the fast u8 x s8 route); ``zp(i)``: their zero point (an Expr of the row var) or
+    None; ``w``: the constant integer weight [N, K]; ``epilogue(acc, i, j)``: an Expr, or None
+    to store acc. Returns a View [m, N], or None when K or N is symbolic or the int32 sum
+    could overflow (the caller falls back to a reduction).
     """
     m, K = x2.shape
     N = w.shape[0]
     if not (isinstance(K, int) and isinstance(N, int)) or K == 0 or N == 0:
         return None
-    wmax = int(np.abs(w.astype(np.int64)).max())
-    if K * 255 * max(wmax, 1) >= 2 ** 31:   # |x - zp| <= 255 for any 8-bit x and zero point
-        return None
-    wdt = (np.int8, dtypes.i8) if wmax <= 127 and w.min() >= -128 else (np.int16, dtypes.i16)
-    wp = lw.const(pack_pairs(w, wdt[0]), wdt[1], "qgemm_w").buf
-    K2 = K + K % 2
-
-    def a16(ix):  # x - zp as int16, zeros in the padding column
-        inb = L.binary("lt", ix[1], L.idx(K))
-        x = L.load(x2.buf, L.where(inb, x2.flat_index(ix), L.idx(0))) if K2 != K else x2.load(ix)
-        v = L.cast(x, dtypes.i16)
-        if zp is not None:
-            v = v - L.cast(zp(ix[0]), dtypes.i16)
-        return L.where(inb, v, L.const(0, dtypes.i16)) if K2 != K else v
-    a = lw.store(Lazy((m, K2), dtypes.i16, a16)).buf
-    buf = lw.temp(out_dtype, (m, N), value)
+    w = w.astype(np.int64)
+    wmax = max(int(np.abs(w).max()), 1)
     i0, i1 = out_vars(2)
-    epi = epilogue(L.var("acc", I32), i0, i1)
-    lw.prog.kernels.append(QGemm(lw._name("k"), buf, (m, N), m, N, K2, a, wp, epi))
+    acc = L.var("acc", I32)
+    below_k = lambda ix, k: L.binary("lt", ix[1], L.idx(k))
+    if u7 and w.min() >= -128 and w.max() <= 127 and K * 127 * 128 < 2 ** 31:
+        K4 = -(-K // 4) * 4
+        if K4 == K and x2.offset == 0 and x2.strides[-1] == 1:
+            a, lda = x2.buf, x2.strides[0]       # read the quantized rows in place
+        else:                                 # a copy, padded with zero codes
+            def a8(ix):
+                if K4 == K:
+                    return x2.load(ix)
+                inb = below_k(ix, K)
+                return L.where(inb, L.load(x2.buf, L.where(inb, x2.flat_index(ix), L.idx(0))), L.const(0, x2.dtype))
+            a, lda = lw.store(Lazy((m, K4), x2.dtype, a8)).buf, K4
+        wp = lw.const(pack_groups(w, 4, np.int8), dtypes.i8, "qgemm_w").buf
+        route, Kp = "u7", K4
+        if zp is not None:  # sum (x - zp) w = sum x w - zp * colsum(w), colsums at compile time
+            wsum = lw.const(w.sum(axis=1).astype(np.int32), I32, "qgemm_wsum")
+            acc = acc - L.cast(zp(i0), I32) * wsum.load([i1])
+    else:
+        if K * 255 * wmax >= 2 ** 31:   # |x - zp| <= 255 for any 8-bit x and zero point
+            return None
+        wdt = (np.int8, dtypes.i8) if w.min() >= -128 and w.max() <= 127 else (np.int16, dtypes.i16)
+        wp = lw.const(pack_groups(w, 2, wdt[0]), wdt[1], "qgemm_w").buf
+        K2 = K + K % 2
+
+        def a16(ix):  # x - zp as int16, zeros in the padding column
+            inb = below_k(ix, K)
+            x = L.load(x2.buf, L.where(inb, x2.flat_index(ix), L.idx(0))) if K2 != K else x2.load(ix)
+            v = L.cast(x, dtypes.i16)
+            if zp is not None:
+                v = v - L.cast(zp(ix[0]), dtypes.i16)
+            return L.where(inb, v, L.const(0, dtypes.i16)) if K2 != K else v
+        a, lda = lw.store(Lazy((m, K2), dtypes.i16, a16)).buf, K2
+        route, Kp = "s16", K2
+    buf = lw.temp(out_dtype, (m, N), value)
+    epi = epilogue(acc, i0, i1)
+    if epi is None and acc.op != "var":
+        epi = acc
+    lw.prog.kernels.append(QGemm(lw._name("k"), buf, (m, N), m, N, Kp, lda, a, wp, route, epi))
     return View(buf, (m, N))
+
+
+def _codes_below_128(v) -> bool:
+    """True when the graph value is u8 codes that provably stay in [0, 127]."""
+    p = v.producer
+    return p is not None and p.op == "dynamic_quantize" and p.outputs[0] is v and \
+        p.attrs.get("reduce_range", False) and p.attrs["dtype"] is dtypes.u8
 
 
 @rule("quant_linear")
@@ -218,7 +252,7 @@ def _quant_linear(lw, n, r):
         def epilogue(acc, i, j):
             y = L.cast(acc, F32) * ((xs2.load([i, L.idx(0)]) if per_row else xs2.load([])) * wsl(j))
             return y + bias.load([j]) if bias is not None else y
-        res = qgemm(lw, x2, zp, warr, epilogue, F32, out)
+        res = qgemm(lw, x2, zp, warr, epilogue, F32, out, u7=_codes_below_128(n.inputs[0]))
         if res is not None:
             return reshape(res, out.shape) if len(out.shape) != 2 else res
     acc_t = _acc_dtype(K, xq.dtype, wq.dtype)

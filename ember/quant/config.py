@@ -18,6 +18,7 @@ class QuantConfig:
     percentile: float = 99.99
     per_row: bool = True                       # dynamic: one activation scale per row
     activation_dtype: str = "u8"               # u8: asymmetric; i8: symmetric
+    reduce_range: bool = True                  # dynamic u8: 7-bit codes (the fast exact int8 GEMM)
     ops: tuple = QUANTIZABLE_OPS
     skip_ops: tuple = ()
     skip_nodes: tuple = ()                     # node names or fnmatch patterns
@@ -47,16 +48,19 @@ def _common(ops, skip_ops, skip_nodes, min_cosine, activation_dtype, force, chec
                 "activation_dtype": activation_dtype, "force": bool(force), "check_speed": bool(check_speed)}
 
 
-def dynamic(*, per_row: bool = True, activation_dtype: str = "u8", ops=("linear", "matmul"),
-            skip_ops=(), skip_nodes=(), min_cosine: float | None = None, eval_data=None,
-            force: bool = False, check_speed: bool = True) -> QuantConfig:
+def dynamic(*, per_row: bool = True, activation_dtype: str = "u8", reduce_range: bool = True,
+            ops=("linear", "matmul"), skip_ops=(), skip_nodes=(), min_cosine: float | None = None,
+            eval_data=None, force: bool = False, check_speed: bool = True) -> QuantConfig:
     """Dynamic quantization: int8 weights (per output channel, symmetric), activations
     quantized at run time from their own range, per row (default) or per tensor.
 
     ``min_cosine`` turns on the accuracy guard (measured on ``eval_data``, default the example
     inputs). ``force=True`` keeps int8 even where Ember measures it slower than fp32.
+    ``reduce_range`` (u8 activations): 7-bit codes in [0, 127], which lets the int8 GEMM use
+    AVX2's u8 x s8 multiply-add with no possible saturation (about 1.3x faster than the exact
+    int16 route that full 8-bit codes need); False keeps 8 bits for the last bit of accuracy.
     """
-    return QuantConfig("dynamic", per_row=bool(per_row), eval_data=eval_data,
+    return QuantConfig("dynamic", per_row=bool(per_row), eval_data=eval_data, reduce_range=bool(reduce_range),
                        **_common(ops, skip_ops, skip_nodes, min_cosine, activation_dtype, force, check_speed))
 
 

@@ -1,66 +1,82 @@
 """The CPU int8 GEMM: exact int32 accumulation, register-blocked AVX2, OpenMP over tiles.
 
-``out[i, j] = epilogue(sum_k A[i, k] * W[j, k])`` for the ``lower.qgemm.QGemm`` kernel: A is
-the activations (8-bit, minus their zero point) as int16 [M, K2], W a constant weight packed at
-compile time (``lower/packing_int8.py``: panels of 16 columns, K walked in pairs, int8 or int16).
+``out[i, j] = epilogue(sum_k A[i, k] * W[j, k])`` for the ``lower.qgemm.QGemm`` kernel, W a
+constant weight packed at compile time (``lower/packing_int8.py``: panels of 16 columns, K
+walked in groups of 4 or 2). Exact by construction, never a saturating instruction on a
+value that could saturate. Two routes:
 
-Why int16 pairs (``vpmaddwd``) and not ``vpmaddubsw``:
+* ``u7`` (the fast one): ``vpmaddubsw`` multiplies u8 A by s8 W and adds adjacent pairs into
+  s16, ``vpmaddwd`` with a vector of ones adds those pairs into s32, ``vpaddd`` accumulates:
+  32 multiply-adds in 3 uops. ``vpmaddubsw`` saturates once a pair sum passes 32767, which
+  full-range u8 x s8 reaches (2 * 255 * 127 = 64770). So this route takes only activations
+  whose codes are provably in [0, 127] (``dynamic_quantize(reduce_range=True)``, FBGEMM's
+  AVX2 choice): 2 * 127 * 128 = 32512 cannot saturate, for any s8 weight. Two ``vpmaddubsw``
+  results are *not* summed in s16 before ``vpmaddwd`` (4 * 127 * 127 > 32767 would wrap).
+  A's zero point is subtracted in the epilogue, ``acc - zp[i] * colsum(W)[j]``, with the
+  column sums computed at compile time; A is read in place (no packing pass).
+* ``s16``: for any 8-bit A (full-range u8, s8, ONNX MatMulInteger's operands), a pointwise
+  loop writes ``A - zp`` as int16 and ``vpmaddwd`` multiplies int16 pairs into s32, exact for
+  |values| <= 255. Two ``vpmaddwd`` + two ``vpaddd`` per 32 multiply-adds: on this Zen 3 the
+  micro-kernel peaks near 70 GMAC/s per core against about 93 for u7 (and about 23 for the
+  fp32 FMA kernel), which is why dynamic quantization uses 7-bit activations.
 
-* ``vpmaddubsw`` (u8 x s8 -> s16 pair sums) saturates once a pair sum passes 32767; full-range
-  u8 activations against s8 weights reach 2 * 255 * 127 = 64770. Making that impossible costs
-  accuracy: activations cut to 7 bits ("reduce_range", FBGEMM's AVX2 choice) or weights to 7.
-* ``vpmaddwd`` (s16 x s16 -> s32 pair sums) is exact for any 8-bit operands, even after
-  subtracting zero points (|x - zp| <= 255), and the int32 sum of K products stays exact while
-  K * 255 * max|w| < 2**31 (K < 65793 for int8 weights; the lowering checks, and falls back).
-* It is not slower where it matters: the u8 route needs ``vpmaddubsw`` + ``vpmaddwd`` (with a
-  vector of ones) per 32 multiply-adds, the int16 route two ``vpmaddwd``. Both are two uops on
-  the vector-multiply ports (two per cycle on Zen 3 and on Intel cores since Skylake), i.e. 32
-  multiply-adds per cycle, twice fp32 FMA. Summing two ``vpmaddubsw`` results in s16 before
-  ``vpmaddwd`` (the one trick that would make the u8 route faster) overflows for 7-bit x 8-bit
-  operands (4 * 127 * 127 > 32767), so it is not exact here.
-* The weight stays int8 in memory (half the bytes of int16, a quarter of fp32) and is widened
-  in registers with ``vpmovsxbw`` as it is loaded, one cheap uop per 16 values.
+The int32 sum of K products is exact while it provably fits (the lowering checks K against
+the operands' bounds and otherwise falls back to a reduction with an int64 accumulator).
 
-Micro-kernel: an MR x 16 tile (MR <= 6) of int32 in 2 * MR ymm accumulators; each k-pair
-broadcasts MR pairs of A (32 bits each) and loads one 16 x 2 slice of the packed panel. K is
-not blocked: int32 partial sums never leave the registers, so the tile is final when the
-micro-kernel returns, and the epilogue (zero-point/scale dequantization, bias, fused pointwise
-work: an ``Expr`` of ``acc``, i0, i1) is printed into the store of the tile. Tasks are (row
-block, run of panels), scheduled dynamically across OpenMP threads; M = 1 (a GEMV) is one row
-block split over panels, so the weight streams once at memory speed on every core.
-Without AVX2 a portable C micro-kernel reads the same packed layout.
+Micro-kernel: an MR x 16 tile of int32 in 2 * MR ymm accumulators; each k group broadcasts
+MR 32-bit groups of A and loads one 16-column slice of the panel (int8 weights are widened
+with ``vpmovsxbw`` as they are loaded on the s16 route, so they stay one byte in memory). K
+is not blocked: partial sums never leave the registers, the tile is final when the
+micro-kernel returns, and the epilogue (zero point, scales, bias, fused pointwise work: an
+``Expr`` of ``acc``, i0, i1) is printed into the store of the tile. Tasks are (row block, run
+of panels), scheduled dynamically over OpenMP threads; a GEMV (M = 1) is one row block split
+over panels, so the weight streams once, one byte per value, on every core. Without AVX2 a
+portable C micro-kernel reads the same packed layout.
 """
 from __future__ import annotations
 
 from ...ir import dtypes
-from ...lower.qgemm import QGemm
+from ...lower.qgemm import GROUP, QGemm
 from .codegen import ExprPrinter, _store, c_dim, template
 
-MR = 6
-MC = 96              # rows per task: an A block of 96 x K int16 stays in L2
+MR = 4               # rows per micro-tile: 8 accumulators + operands fit the 16 ymm registers
+MC = 96              # rows per task: an A block of 96 x K stays in L2
 TASKS_WANTED = 16    # split the panels until there are this many tasks (load balance)
 PARALLEL_MACS = 1 << 17
 
-_B = {"b8": ("int8_t", "_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)({p})))"),
-      "b16": ("int16_t", "_mm256_loadu_si256((const __m256i *)({p}))")}
+# variant -> (A type, B type, k per group, AVX2 code of one k group for row r)
+_BT = {"u7": ("uint8_t", "int8_t"), "b8": ("int16_t", "int8_t"), "b16": ("int16_t", "int16_t")}
+_LOADB = {"u7": "_mm256_loadu_si256((const __m256i *)({p}))",
+          "b8": "_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)({p})))",
+          "b16": "_mm256_loadu_si256((const __m256i *)({p}))"}
 
 
-def _ukr_avx(mr: int, bk: str) -> str:
-    bt, loadb = _B[bk]
+def _group(v: str) -> int:
+    return GROUP["u7"] if v == "u7" else GROUP["s16"]
+
+
+def _ukr_avx(mr: int, v: str) -> str:
+    at, bt = _BT[v]
+    g = _group(v)
     z = "_mm256_setzero_si256()"
     acc = ", ".join(f"c{r}0 = {z}, c{r}1 = {z}" for r in range(mr))
+    if v == "u7":
+        mul = lambda b: f"_mm256_madd_epi16(_mm256_maddubs_epi16(av, {b}), ones)"
+    else:
+        mul = lambda b: f"_mm256_madd_epi16(av, {b})"
     body = "\n".join(
-        f"    {{ int32_t v; memcpy(&v, a + {r} * lda + 2 * p, 4); const __m256i av = _mm256_set1_epi32(v);\n"
-        f"      c{r}0 = _mm256_add_epi32(c{r}0, _mm256_madd_epi16(av, b0)); "
-        f"c{r}1 = _mm256_add_epi32(c{r}1, _mm256_madd_epi16(av, b1)); }}" for r in range(mr))
+        f"    {{ int32_t v; memcpy(&v, a + {r} * lda + {g} * q, 4); const __m256i av = _mm256_set1_epi32(v);\n"
+        f"      c{r}0 = _mm256_add_epi32(c{r}0, {mul('b0')}); c{r}1 = _mm256_add_epi32(c{r}1, {mul('b1')}); }}"
+        for r in range(mr))
     store = "\n".join(f"  _mm256_storeu_si256((__m256i *)(c + {16 * r}), c{r}0); "
                       f"_mm256_storeu_si256((__m256i *)(c + {16 * r + 8}), c{r}1);" for r in range(mr))
-    return f"""static inline void ember_q8ukr{mr}_{bk}(int64_t kp, const int16_t *restrict a, int64_t lda,
+    step = 16 * g
+    return f"""static inline void ember_q8ukr{mr}_{v}(int64_t kg, const {at} *restrict a, int64_t lda,
     const {bt} *restrict b, int32_t *restrict c) {{
+  const __m256i ones = _mm256_set1_epi16(1); (void)ones;
   __m256i {acc};
-  #pragma GCC unroll 2
-  for (int64_t p = 0; p < kp; p++) {{
-    const __m256i b0 = {loadb.format(p="b + 32 * p")}, b1 = {loadb.format(p="b + 32 * p + 16")};
+  for (int64_t q = 0; q < kg; q++) {{
+    const __m256i b0 = {_LOADB[v].format(p=f"b + {step} * q")}, b1 = {_LOADB[v].format(p=f"b + {step} * q + {step // 2}")};
 {body}
   }}
 {store}
@@ -68,58 +84,64 @@ def _ukr_avx(mr: int, bk: str) -> str:
 """
 
 
-def _ukr_portable(mr: int, bk: str) -> str:
-    bt = _B[bk][0]
-    return f"""static inline void ember_q8ukr{mr}_{bk}(int64_t kp, const int16_t *restrict a, int64_t lda,
+def _ukr_portable(mr: int, v: str) -> str:
+    at, bt = _BT[v]
+    g = _group(v)
+    return f"""static inline void ember_q8ukr{mr}_{v}(int64_t kg, const {at} *restrict a, int64_t lda,
     const {bt} *restrict b, int32_t *restrict c) {{
   int32_t t[{mr}][16] = {{{{0}}}};
-  for (int64_t p = 0; p < kp; p++)
-    for (int r = 0; r < {mr}; r++) {{
-      const int32_t a0 = a[r * lda + 2 * p], a1 = a[r * lda + 2 * p + 1];
-      for (int j = 0; j < 16; j++) t[r][j] += a0 * b[32 * p + 2 * j] + a1 * b[32 * p + 2 * j + 1];
-    }}
+  for (int64_t q = 0; q < kg; q++)
+    for (int r = 0; r < {mr}; r++)
+      for (int j = 0; j < 16; j++)
+        for (int u = 0; u < {g}; u++) t[r][j] += (int32_t)a[r * lda + {g} * q + u] * b[{16 * g} * q + {g} * j + u];
   for (int r = 0; r < {mr}; r++) for (int j = 0; j < 16; j++) c[16 * r + j] = t[r][j];
 }}
 """
 
 
-def _dispatch(bk: str) -> str:
-    bt = _B[bk][0]
-    cases = "".join(f"    case {m}: ember_q8ukr{m}_{bk}(kp, a, lda, b, c); break;\n" for m in range(1, MR + 1))
-    return (f"static __attribute__((noinline)) void ember_q8ukr_{bk}(int mr, int64_t kp, const int16_t *a, "
+def _dispatch(v: str) -> str:
+    at, bt = _BT[v]
+    cases = "".join(f"    case {m}: ember_q8ukr{m}_{v}(kg, a, lda, b, c); break;\n" for m in range(1, MR + 1))
+    return (f"static __attribute__((noinline)) void ember_q8ukr_{v}(int mr, int64_t kg, const {at} *a, "
             f"int64_t lda, const {bt} *b, int32_t *c) {{\n  switch (mr) {{\n{cases}  }}\n}}\n")
 
 
 def prelude() -> str:
     """C helpers shared by every int8 GEMM of a program (printed once)."""
-    kinds = tuple(_B)
-    avx = "".join(_ukr_avx(m, bk) for bk in kinds for m in range(1, MR + 1))
-    portable = "".join(_ukr_portable(m, bk) for bk in kinds for m in range(1, MR + 1))
+    avx = "".join(_ukr_avx(m, v) for v in _BT for m in range(1, MR + 1))
+    portable = "".join(_ukr_portable(m, v) for v in _BT for m in range(1, MR + 1))
     return ("#if defined(__AVX2__)\n#include <immintrin.h>\n" + avx + "#else\n" + portable + "#endif\n" +
-            "".join(_dispatch(bk) for bk in kinds))
+            "".join(_dispatch(v) for v in _BT))
+
+
+def variant(k: QGemm) -> str:
+    if k.route == "u7":
+        return "u7"
+    return {dtypes.i8: "b8", dtypes.i16: "b16"}[k.b.dtype]
 
 
 @template(QGemm, prelude=prelude())
 def print_qgemm(k: QGemm, params, printer) -> str:
-    bk = {dtypes.i8: "b8", dtypes.i16: "b16"}[k.b.dtype]
+    v = variant(k)
+    g = _group(v)
     A, B, C = params[k.a], params[k.b], params[k.out]
-    L = [f"  const int64_t M = {c_dim(k.M)}, N = {k.N}, K2 = {k.K2}, kp = K2 / 2;",
+    L = [f"  const int64_t M = {c_dim(k.M)}, N = {k.N}, kg = {k.K // g}, lda = {c_dim(k.lda)};",
          "  if (M == 0) return;",
          "  const int64_t npan = (N + 15) / 16;",
          f"  const int64_t mc = M < {MC} ? M : {MC}, mt = (M + mc - 1) / mc;",
          "  int64_t pc = npan;  /* panels per task */",
          f"  while (mt * ((npan + pc - 1) / pc) < {TASKS_WANTED} && pc > 1) pc = (pc + 1) / 2;",
          "  const int64_t nt = (npan + pc - 1) / pc;",
-         f"  #pragma omp parallel for schedule(dynamic, 1) if(M * N * K2 > {PARALLEL_MACS})",
+         f"  #pragma omp parallel for schedule(dynamic, 1) if(M * N * kg > {PARALLEL_MACS // g})",
          "  for (int64_t t = 0; t < mt * nt; t++) {",
          "    const int64_t m0 = (t / nt) * mc, m1 = ember_min64(M, m0 + mc);",
          "    const int64_t jb0 = (t % nt) * pc, jb1 = ember_min64(npan, jb0 + pc);",
-         "    int32_t tile[6 * 16] __attribute__((aligned(64)));",
+         f"    int32_t tile[{MR} * 16] __attribute__((aligned(64)));",
          # rows outside: MR rows of A stay in L1 while the task's panels stream from L2
          f"    for (int64_t i = m0; i < m1; i += {MR}) {{",
          f"      const int mr = (int)ember_min64({MR}, m1 - i);",
          "      for (int64_t jp = jb0; jp < jb1; jp++) {",
-         f"        ember_q8ukr_{bk}(mr, kp, {A} + i * K2, K2, {B} + jp * kp * 32, tile);",
+         f"        ember_q8ukr_{v}(mr, kg, {A} + i * lda, lda, {B} + jp * kg * {16 * g}, tile);",
          "        const int64_t j0 = jp * 16, nr = ember_min64(16, N - j0);",
          "        for (int r = 0; r < mr; r++)",
          "          for (int64_t c = 0; c < nr; c++) {"]
@@ -132,8 +154,8 @@ def print_qgemm(k: QGemm, params, printer) -> str:
         lines: list = []
         pr = ExprPrinter(params, lines, ind)
         pr.count_uses(k.epilogue)
-        v = pr(k.epilogue)
+        val = pr(k.epilogue)
         L += lines
-        L.append(ind + _store(C, k.out.dtype, index, v))
+        L.append(ind + _store(C, k.out.dtype, index, val))
     L += ["          }", "      }", "    }", "  }"]
     return "\n".join(L) + "\n"

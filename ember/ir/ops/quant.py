@@ -10,6 +10,8 @@ Rounding is half to even, and every conversion to 8 bits saturates to the type's
   (``per_row``: one scale for each index of the leading dims). u8 is ONNX
   DynamicQuantizeLinear's asymmetric scheme; i8 is symmetric (zero point 0, range +-127).
   Outputs (q, scale, zero_point); scale and zero_point are [] or x.shape[:-1] + [1].
+  ``reduce_range`` (u8 only): 7-bit codes in [0, 127] (scale = range / 127), what lets the
+  int8 GEMM use AVX2's u8 x s8 ``vpmaddubsw`` with no possible saturation (FBGEMM's AVX2 mode).
 * ``matmul_integer(a, b, [a_zp, b_zp])``: ONNX MatMulInteger, exact int32 result.
 * ``quant_linear(xq, x_scale, x_zp, wq[N, K] i8, w_scale[N], [bias[N]])`` -> f32:
   ``float(sum_k (xq - x_zp) * wq[n, k]) * (x_scale * w_scale[n]) + bias[n]``; the integer sum is
@@ -113,18 +115,24 @@ register("dequantize_linear", _dq_infer,
 
 # -- dynamic (run-time) activation quantization
 
-def dynamic_params(x, per_row: bool, dt) -> tuple[np.ndarray, np.ndarray]:
+def dynamic_qmax(dt, reduce_range: bool = False) -> int:
+    """The largest code of dynamic_quantize's u8 scheme: 255, or 127 with ``reduce_range``."""
+    return 127 if reduce_range and dt is dtypes.u8 else qrange(dt)[1]
+
+
+def dynamic_params(x, per_row: bool, dt, reduce_range: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(scale, zero_point) for ``x``, per tensor or per row (over the last axis)."""
     x = x.astype(np.float32)
     axes = (x.ndim - 1,) if per_row else tuple(range(x.ndim))
     keep = per_row
     if dt is dtypes.u8:
+        qmax = dynamic_qmax(dt, reduce_range)
         lo = np.minimum(np.min(x, axis=axes, keepdims=keep), np.float32(0))
         hi = np.maximum(np.max(x, axis=axes, keepdims=keep), np.float32(0))
-        scale = ((hi - lo) * np.float32(1 / 255)).astype(np.float32)
+        scale = ((hi - lo) * np.float32(1 / qmax)).astype(np.float32)
         scale = np.where(scale == 0, np.float32(1), scale).astype(np.float32)
         inv = (np.float32(1) / scale).astype(np.float32)
-        zp = np.clip(np.rint(np.clip(-(lo * inv), 0, 255)), 0, 255).astype(np.uint8)
+        zp = np.clip(np.rint(np.clip(-(lo * inv), 0, qmax)), 0, qmax).astype(np.uint8)
     else:
         amax = np.max(np.abs(x), axis=axes, keepdims=keep)
         scale = (amax * np.float32(1 / 127)).astype(np.float32)
@@ -135,9 +143,9 @@ def dynamic_params(x, per_row: bool, dt) -> tuple[np.ndarray, np.ndarray]:
 
 def _dyn_ref(xs, a):
     x = xs[0]
-    dt = a["dtype"]
-    scale, zp = dynamic_params(x, a["per_row"], dt)
-    lo, hi = qrange(dt)
+    dt, rr = a["dtype"], a["reduce_range"]
+    scale, zp = dynamic_params(x, a["per_row"], dt, rr)
+    lo, hi = qrange(dt)[0], dynamic_qmax(dt, rr)
     inv = (np.float32(1) / scale).astype(np.float32)
     y = np.clip(np.rint(x.astype(np.float32) * inv), lo - zp.astype(np.float32), hi - zp.astype(np.float32))
     return [(y + zp.astype(np.float32)).astype(dt.np), scale, zp]
@@ -149,16 +157,20 @@ def _dyn_infer(ts, a):
         raise errors.DTypeError(f"dynamic_quantize: input must be f32 of rank >= 1, got {x}")
     if a["dtype"] not in INT8:
         raise errors.DTypeError(f"dynamic_quantize: dtype must be u8 or i8, got {a['dtype']}")
+    if a["reduce_range"] and a["dtype"] is not dtypes.u8:
+        raise errors.DTypeError("dynamic_quantize: reduce_range applies to the u8 scheme only")
     pshape = tuple(x.shape[:-1]) + (1,) if a["per_row"] else ()
     return [TensorType(a["dtype"], x.shape), TensorType(dtypes.f32, pshape), TensorType(a["dtype"], pshape)]
 
 
 register("dynamic_quantize", _dyn_infer, _dyn_ref,
-         attrs={"per_row": Attr("bool", True), "dtype": Attr("dtype", dtypes.u8)}, arity=(1, 1),
+         attrs={"per_row": Attr("bool", True), "dtype": Attr("dtype", dtypes.u8),
+                "reduce_range": Attr("bool", False)}, arity=(1, 1),
          category="quant",
          doc="run-time quantization -> (q, scale, zero_point); u8: scale = (max(x,0) - min(x,0)) * f32(1/255), "
              "zp = round(-min * (1/scale)); i8: scale = max|x| * f32(1/127), zp = 0; scale 0 becomes 1; "
-             "q = clamp(round(x * (1/scale)), lo - zp, hi - zp) + zp")
+             "q = clamp(round(x * (1/scale)), lo - zp, hi - zp) + zp; reduce_range: u8 codes in [0, 127] "
+             "(255 above becomes 127)")
 
 
 # -- integer matmul
