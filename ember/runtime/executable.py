@@ -102,6 +102,8 @@ class NativeModule:
         self._fast = fastcall.load()   # None: call through ctypes
         self._fn_addr = ctypes.cast(self._main, _P).value
         self._consts_addr = ctypes.addressof(self._const_ptrs)
+        self._runner = self._fast_runner()
+        self._runner_slot = _Slot(0, 0)
         self.threads = 0
         self.set_threads(threads)
 
@@ -123,6 +125,26 @@ class NativeModule:
         if setter is not None:
             setter.argtypes = [ctypes.c_int]
             setter(n)
+
+    def _fast_runner(self):
+        """The shim's all-C call path for this model (None without the shim)."""
+        if self._fast is None or not hasattr(self._fast, "Runner"):
+            return None
+        try:
+            return self._fast.Runner(self._fn_addr, self._consts_addr,
+                                     tuple(np.dtype(d).num for d in self._in_np),
+                                     tuple(len(d) for d in self._in_dims),
+                                     tuple(np.dtype(d).num for d in self._out_np))
+        except ValueError:  # more inputs/outputs or a higher rank than the runner takes
+            return None
+
+    def _prime(self, shapes, st) -> None:
+        """Point the runner at ``shapes``: later calls with them stay in C. The runner has one
+        workspace of its own, grown to the largest shape; ``keep`` holds the buffer it was
+        primed with, so a buffer a concurrent call is still using is never freed."""
+        slot = self._runner_slot
+        slot.reserve(st.nbytes)
+        self._runner.prime(shapes, st.dims_addr, tuple(st.out_shapes), slot.ptr, (st, slot.ws))
 
     # -- shapes
     def bind(self, shapes) -> dict[str, int]:
@@ -234,6 +256,11 @@ class NativeModule:
 
     def run(self, arrays) -> list[np.ndarray]:
         """Run on numpy arrays (in input order); returns fresh numpy outputs."""
+        runner = self._runner
+        if runner is not None:
+            outs = runner(arrays)   # the shapes of the last call: all in C
+            if outs is not None:
+                return outs
         if len(arrays) != self._n_in:
             self._count(len(arrays))
         fast = self._fast
@@ -252,6 +279,8 @@ class NativeModule:
                 break
         shapes = tuple([a.shape for a in arrays])
         st = self._shapes.get(shapes) or self._state(shapes)
+        if runner is not None:
+            self._prime(shapes, st)
         outs = [np.empty(s, d) for s, d in zip(st.out_shapes, self._out_np)]
         rc = self._fast_call(st, arrays, outs)
         if rc <= -1000:  # an input is not C-contiguous: copy it and go again

@@ -12,6 +12,14 @@ None and the runtime keeps using ctypes; ``EMBER_NO_FASTCALL=1`` forces that pat
         fn, dims, consts, ws: addresses (ints); ins, outs: tuples or lists whose items are
         numpy arrays (C-contiguous) or addresses. Returns ember_main's code, or
         -1000 - k when item k of ins (k >= 0) is an array that is not C-contiguous.
+
+    Runner(fn, consts, in_types, in_ranks, out_types) -> runner
+        The whole numpy call in C for the shapes seen last: ``runner(arrays)`` checks types,
+        dtypes (numpy type numbers), contiguity and shapes, allocates the outputs, calls the
+        entry point and returns the list of outputs; it returns None (and does nothing) when
+        anything differs from what it was primed with, or when another thread is inside it,
+        and the caller takes the general path. ``runner.prime(shapes, dims, out_shapes, ws,
+        keep)`` sets those shapes: ``dims`` and ``ws`` are addresses that ``keep`` keeps alive.
 """
 from __future__ import annotations
 
@@ -32,22 +40,15 @@ SOURCE = r"""
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
 
 typedef int (*ember_main_t)(const int64_t *, void *const *, void *const *, void *const *, char *);
 
-static PyTypeObject *ndarray_type = NULL;
-
-/* numpy's array object starts with PyObject_HEAD, then the data pointer, rank, dims,
-   strides, base, descr, flags: a layout numpy has kept since 1.7, 2.x included. */
-typedef struct { PyObject_HEAD char *data; int nd; Py_ssize_t *dims; Py_ssize_t *strides;
-                 PyObject *base; PyObject *descr; int flags; } ember_ndarray;
-#define EMBER_C_CONTIGUOUS 0x0001
-
 static int pointer_of(PyObject *o, void **out) {
-  if (Py_TYPE(o) == ndarray_type) {
-    ember_ndarray *a = (ember_ndarray *)o;
-    if (!(a->flags & EMBER_C_CONTIGUOUS)) return 1;
-    *out = a->data;
+  if (Py_TYPE(o) == &PyArray_Type) {
+    if (!PyArray_IS_C_CONTIGUOUS((PyArrayObject *)o)) return 1;
+    *out = PyArray_DATA((PyArrayObject *)o);
     return 0;
   }
   if (PyLong_Check(o)) {
@@ -97,19 +98,145 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
   return PyLong_FromLong(rc);
 }
 
-static PyObject *init(PyObject *self, PyObject *t) {
-  if (!PyType_Check(t)) { PyErr_SetString(PyExc_TypeError, "init takes numpy.ndarray"); return NULL; }
-  Py_INCREF(t);
-  ndarray_type = (PyTypeObject *)t;
-  Py_RETURN_NONE;
+/* -- Runner: one model's numpy call, entirely in C, for the last shapes seen */
+#define RMAX 16    /* inputs / outputs */
+#define RRANK 8    /* dims per tensor */
+typedef struct {
+  PyObject_HEAD
+  ember_main_t fn; void *consts;
+  int nin, nout, primed, busy;
+  int in_type[RMAX], in_rank[RMAX], out_type[RMAX], out_rank[RMAX];
+  npy_intp in_shape[RMAX][RRANK], out_shape[RMAX][RRANK];
+  void *dims, *ws;
+  PyObject *keep;
+} Runner;
+
+static void runner_dealloc(Runner *r) { Py_XDECREF(r->keep); Py_TYPE(r)->tp_free((PyObject *)r); }
+
+static int int_tuple(PyObject *t, int *out, int n, const char *what) {
+  if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != n) {
+    PyErr_Format(PyExc_ValueError, "%s: expected a tuple of %d ints", what, n); return -1; }
+  for (int k = 0; k < n; k++) {
+    long v = PyLong_AsLong(PyTuple_GET_ITEM(t, k));
+    if (v == -1 && PyErr_Occurred()) return -1;
+    out[k] = (int)v;
+  }
+  return 0;
 }
+
+static PyObject *runner_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+  PyObject *fn, *consts, *in_types, *in_ranks, *out_types;
+  if (!PyArg_ParseTuple(args, "OOOOO", &fn, &consts, &in_types, &in_ranks, &out_types)) return NULL;
+  Py_ssize_t nin = PyTuple_Check(in_types) ? PyTuple_GET_SIZE(in_types) : -1;
+  Py_ssize_t nout = PyTuple_Check(out_types) ? PyTuple_GET_SIZE(out_types) : -1;
+  if (nin < 0 || nout < 0 || nin > RMAX || nout > RMAX) {
+    PyErr_SetString(PyExc_ValueError, "Runner: too many inputs or outputs"); return NULL; }
+  Runner *r = (Runner *)type->tp_alloc(type, 0);
+  if (!r) return NULL;
+  r->fn = (ember_main_t)PyLong_AsVoidPtr(fn); r->consts = PyLong_AsVoidPtr(consts);
+  r->nin = (int)nin; r->nout = (int)nout;
+  if (PyErr_Occurred() || int_tuple(in_types, r->in_type, r->nin, "in_types") ||
+      int_tuple(in_ranks, r->in_rank, r->nin, "in_ranks") ||
+      int_tuple(out_types, r->out_type, r->nout, "out_types")) { Py_DECREF(r); return NULL; }
+  for (int k = 0; k < r->nin; k++)
+    if (r->in_rank[k] > RRANK) { Py_DECREF(r); PyErr_SetString(PyExc_ValueError, "Runner: rank too high"); return NULL; }
+  return (PyObject *)r;
+}
+
+static int shape_tuple(PyObject *t, npy_intp *out, int *rank) {
+  if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) > RRANK) {
+    PyErr_SetString(PyExc_ValueError, "Runner.prime: a shape is a tuple of at most 8 ints"); return -1; }
+  *rank = (int)PyTuple_GET_SIZE(t);
+  for (int d = 0; d < *rank; d++) {
+    out[d] = (npy_intp)PyLong_AsSsize_t(PyTuple_GET_ITEM(t, d));
+    if (out[d] == -1 && PyErr_Occurred()) return -1;
+  }
+  return 0;
+}
+
+static PyObject *runner_prime(Runner *r, PyObject *args) {
+  PyObject *shapes, *dims, *outs, *ws, *keep;
+  if (!PyArg_ParseTuple(args, "OOOOO", &shapes, &dims, &outs, &ws, &keep)) return NULL;
+  if (r->busy) Py_RETURN_FALSE;
+  if (!PyTuple_Check(shapes) || PyTuple_GET_SIZE(shapes) != r->nin || !PyTuple_Check(outs) ||
+      PyTuple_GET_SIZE(outs) != r->nout) {
+    PyErr_SetString(PyExc_ValueError, "Runner.prime: one shape per input and per output"); return NULL; }
+  r->primed = 0;
+  for (int k = 0; k < r->nin; k++) {
+    int rank;
+    if (shape_tuple(PyTuple_GET_ITEM(shapes, k), r->in_shape[k], &rank)) return NULL;
+    if (rank != r->in_rank[k]) { PyErr_SetString(PyExc_ValueError, "Runner.prime: input rank"); return NULL; }
+  }
+  for (int k = 0; k < r->nout; k++)
+    if (shape_tuple(PyTuple_GET_ITEM(outs, k), r->out_shape[k], &r->out_rank[k])) return NULL;
+  r->dims = PyLong_AsVoidPtr(dims); r->ws = PyLong_AsVoidPtr(ws);
+  if (PyErr_Occurred()) return NULL;
+  Py_INCREF(keep); Py_XSETREF(r->keep, keep);
+  r->primed = 1;
+  Py_RETURN_TRUE;
+}
+
+static PyObject *runner_call(Runner *r, PyObject *args, PyObject *kw) {
+  /* one positional argument: a tuple or list of arrays */
+  if (!r->primed || r->busy || kw || PyTuple_GET_SIZE(args) != 1) Py_RETURN_NONE;
+  PyObject *seq = PyTuple_GET_ITEM(args, 0);
+  PyObject **items; Py_ssize_t n;
+  if (PyTuple_Check(seq)) { items = &PyTuple_GET_ITEM(seq, 0); n = PyTuple_GET_SIZE(seq); }
+  else if (PyList_Check(seq)) { items = PySequence_Fast_ITEMS(seq); n = PyList_GET_SIZE(seq); }
+  else Py_RETURN_NONE;
+  if (n != r->nin) Py_RETURN_NONE;
+  void *ins[RMAX], *outs[RMAX];
+  for (int k = 0; k < r->nin; k++) {
+    PyObject *o = items[k];
+    if (Py_TYPE(o) != &PyArray_Type) Py_RETURN_NONE;
+    PyArrayObject *a = (PyArrayObject *)o;
+    if (PyArray_TYPE(a) != r->in_type[k] || !PyArray_IS_C_CONTIGUOUS(a)) Py_RETURN_NONE;
+    npy_intp *sh = PyArray_DIMS(a);
+    for (int d = 0; d < r->in_rank[k]; d++) if (sh[d] != r->in_shape[k][d]) Py_RETURN_NONE;
+    ins[k] = PyArray_DATA(a);
+  }
+  PyObject *result = PyList_New(r->nout);
+  if (!result) return NULL;
+  for (int k = 0; k < r->nout; k++) {
+    PyObject *o = PyArray_SimpleNew(r->out_rank[k], r->out_shape[k], r->out_type[k]);
+    if (!o) { Py_DECREF(result); return NULL; }
+    PyList_SET_ITEM(result, k, o);
+    outs[k] = PyArray_DATA((PyArrayObject *)o);
+  }
+  int rc;
+  r->busy = 1;   /* the workspace is this runner's: other threads take the general path */
+  Py_BEGIN_ALLOW_THREADS
+  rc = r->fn((const int64_t *)r->dims, ins, outs, (void *const *)r->consts, (char *)r->ws);
+  Py_END_ALLOW_THREADS
+  r->busy = 0;
+  if (rc != 0) { Py_DECREF(result); return PyErr_Format(PyExc_RuntimeError, "native model returned error code %d", rc); }
+  return result;
+}
+
+static PyMethodDef runner_methods[] = {
+  {"prime", (PyCFunction)runner_prime, METH_VARARGS, "set the shapes the fast path serves"},
+  {NULL, NULL, 0, NULL}};
+
+static PyTypeObject RunnerType = {
+  PyVarObject_HEAD_INIT(NULL, 0)
+  .tp_name = "_ember_fastcall.Runner", .tp_basicsize = sizeof(Runner),
+  .tp_flags = Py_TPFLAGS_DEFAULT, .tp_new = runner_new, .tp_dealloc = (destructor)runner_dealloc,
+  .tp_call = (ternaryfunc)runner_call, .tp_methods = runner_methods,
+};
 
 static PyMethodDef methods[] = {
   {"call", (PyCFunction)(void (*)(void))call, METH_FASTCALL, "call ember_main"},
-  {"init", init, METH_O, "register numpy.ndarray"},
   {NULL, NULL, 0, NULL}};
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ember_fastcall", NULL, -1, methods};
-PyMODINIT_FUNC PyInit__ember_fastcall(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__ember_fastcall(void) {
+  import_array();
+  if (PyType_Ready(&RunnerType) < 0) return NULL;
+  PyObject *m = PyModule_Create(&module);
+  if (!m) return NULL;
+  Py_INCREF(&RunnerType);
+  if (PyModule_AddObject(m, "Runner", (PyObject *)&RunnerType) < 0) { Py_DECREF(m); return NULL; }
+  return m;
+}
 """
 
 _lock = threading.Lock()
@@ -121,15 +248,20 @@ def _build() -> Path | None:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not include or not (Path(include) / "Python.h").exists() or not cc:
         return None
+    try:
+        import numpy as np
+        np_include = np.get_include()
+    except ImportError:
+        return None
     tag = sysconfig.get_config_var("EXT_SUFFIX") or sys.version
-    k = cache.key(SOURCE, tag, sys.version, cc)
+    k = cache.key(SOURCE, tag, sys.version, cc, np.__version__)
     so = cache.entry(k, ".fastcall.so")
     if so.exists():
         return so
     with tempfile.TemporaryDirectory(prefix="ember-fastcall-") as tmp:
         src, out = Path(tmp) / "fastcall.c", Path(tmp) / "fastcall.so"
         src.write_text(SOURCE)
-        proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", f"-I{include}", str(src), "-o", str(out)],
+        proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", f"-I{include}", f"-I{np_include}", str(src), "-o", str(out)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             return None
@@ -145,14 +277,12 @@ def load():
         if "mod" not in _state:
             _state["mod"] = None
             try:
-                import numpy as np
                 so = _build()
                 if so is not None:
                     loader = importlib.machinery.ExtensionFileLoader("_ember_fastcall", str(so))
                     spec = importlib.util.spec_from_file_location("_ember_fastcall", str(so), loader=loader)
                     mod = importlib.util.module_from_spec(spec)
                     loader.exec_module(mod)
-                    mod.init(np.ndarray)
                     _state["mod"] = mod
             except Exception:  # no compiler, no headers, an odd platform: ctypes still works
                 _state["mod"] = None

@@ -32,9 +32,9 @@ def test_shim_builds_here():
 def test_same_results_and_errors(model, use_shim):
     compiled, w = model
     native = compiled.native
-    saved = native._fast
+    saved = native._fast, native._runner
     if not use_shim:
-        native._fast = None
+        native._fast = native._runner = None
     try:
         for n in (1, 5):
             x = rng.standard_normal((n, 8)).astype(np.float32)
@@ -51,12 +51,33 @@ def test_same_results_and_errors(model, use_shim):
         with pytest.raises(InputError, match="takes 1 inputs"):
             native.run([])
     finally:
-        native._fast = saved
+        native._fast, native._runner = saved
 
+
+def test_runner_serves_repeated_shapes_in_c(model):
+    compiled, _ = model
+    native = compiled.native
+    if native._runner is None:
+        pytest.skip("no shim here")
+    w = compiled.graph.constants[0].data.T
+    x1, x2 = (rng.standard_normal((4, 8)).astype(np.float32) for _ in range(2))
+    y1 = compiled(x1)                      # general path, primes the runner for (4, 8)
+    got = native._runner((x2,))            # now served in C
+    assert got is not None
+    np.testing.assert_allclose(got[0], np.maximum(x2 @ w, 0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y1, np.maximum(x1 @ w, 0), rtol=1e-5, atol=1e-5)  # fresh outputs
+    assert got[0] is not compiled(x2)
+    # anything else is declined, and the general path answers (or raises) as before
+    assert native._runner((np.zeros((5, 8), np.float32),)) is None
+    assert native._runner((x2.astype(np.float64),)) is None
+    assert native._runner((np.zeros((8, 4), np.float32).T,)) is None   # not C-contiguous
+    assert native._runner([x2, x2]) is None and native._runner(x2) is None
+    with pytest.raises(DTypeError):
+        compiled(x2.astype(np.float64))
 
 def test_threads_share_one_model(model):
     compiled, _ = model
-    xs = [rng.standard_normal((n, 8)).astype(np.float32) for n in (1, 2, 7, 64)]
+    xs = [rng.standard_normal((n, 8)).astype(np.float32) for n in (1, 2, 7, 64, 64, 64)]
     want = [compiled.run_numpy([x])[0] for x in xs]
     errors = []
 
