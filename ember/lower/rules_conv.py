@@ -1,7 +1,8 @@
 """Lowerings of convolution and pooling, registered into ``rules.RULES``.
 
-``conv2d`` (groups = 1, f32) becomes the blocked fp32 GEMM (backends/cpu/gemm.py) over an
-im2col matrix; other convolutions and the poolings are loop-IR reductions over a window.
+``conv2d`` (groups = 1, f32) becomes the blocked fp32 GEMM (backends/cpu/gemm.py) with the
+image as its B operand (implicit im2col); other convolutions and the poolings are loop-IR
+reductions over a window.
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import numpy as np
 
 from ..ir import dtypes
 from ..ir.ops.nn import _pair
+from ..ir.symbolic import prod
 from . import loop_ir as L
-from .lowering import Lazy, View, out_vars
+from .lowering import View, out_vars
+from .packing import ImageOperand
 from .rules import emit_matmul, rule, window
 
 
@@ -44,33 +47,35 @@ def _conv2d(lw, n, r):
 def _conv2d_gemm(lw, x, w, bias, out, stride, pad, dil):
     """conv2d as a GEMM per image: out[n] (O x Ho*Wo) = W (O x C*KH*KW) @ cols[n].
 
-    ``cols`` is the im2col matrix (one stored gather, zeros for the padding); a 1x1
-    convolution with stride 1 and no padding reads the input as it is. The weight is
-    the GEMM's A operand, read in place (unit stride along K); the output comes out in
-    NCHW order, with the bias as the GEMM epilogue.
+    ``cols`` is the im2col matrix, never stored: the GEMM packs its panels straight from the
+    image (``ImageOperand``); a 1x1 convolution with stride 1 and no padding reads the image
+    as the matrix it already is. The weight is the A operand, read in place (unit stride
+    along K); the output comes out in NCHW order, with the bias as the GEMM epilogue (where
+    ReLU and a residual add join it, lower/schedule.py).
     """
     wv = lw.const_array(w)
     if wv is None:
         return None
-    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dil
     O, C, KH, KW = w.shape
     N, H, W = x.shape[0], x.shape[2], x.shape[3]
     Ho, Wo = out.shape[2], out.shape[3]
     K = C * KH * KW
     a = lw.const(np.ascontiguousarray(wv.reshape(O, K)), w.dtype, w.buf.name + "_gemm")
-    xv = lw.as_view(x)
-    if KH == KW == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0) and xv.is_contiguous:
-        cols = View(xv.buf, (N, K, H * W), None, xv.offset)
-    else:
-        def gather(ix):
-            i0, c, rh, rw, ho, wo = ix
-            hh, ww, inb = window(ho, wo, rh, rw, (sh, sw), (ph, pw), (dh, dw), H, W, check=bool(ph or pw))
-            return L.masked_load(xv.buf, xv.flat_index([i0, c, hh, ww]), inb, 0.0)
-        stored = lw.store(Lazy((N, C, KH, KW, Ho, Wo), x.dtype, gather))
-        cols = View(stored.buf, (N, K, Ho * Wo))
     epi = (lambda acc, ix: acc + bias.load([ix[1]])) if bias is not None else None
-    res = emit_matmul(lw, a, cols, (N, O, Ho * Wo), out.dtype, out, epi)
-    return View(res.buf, out.shape)
+    xv = lw.as_view(x)
+    if KH == KW == 1 and tuple(stride) + tuple(pad) == (1, 1, 0, 0) and xv.is_contiguous:
+        res = emit_matmul(lw, a, View(xv.buf, (N, K, H * W), None, xv.offset), (N, O, Ho * Wo),
+                          out.dtype, out, epi)
+        return View(res.buf, out.shape)
+    if not xv.is_contiguous:
+        xv = lw.store(xv)
+    opa = L.Operand(a.buf, 0, (0, K, 1))
+    opb = ImageOperand(xv.buf, xv.offset, (prod((C, H, W)), 0, 0),
+                       geom=(C, H, W, KH, KW, Wo, tuple(stride), tuple(pad), tuple(dil)))
+    buf = lw.temp(out.dtype, (N, O, Ho * Wo), out)
+    e = epi(L.var("acc", out.dtype), out_vars(3)) if epi is not None else None
+    lw.prog.kernels.append(L.Matmul(lw._name("k"), buf, (N,), O, Ho * Wo, K, opa, opb, e))
+    return View(buf, out.shape)
 
 
 def _window(n, x, kind):

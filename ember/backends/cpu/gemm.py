@@ -19,20 +19,26 @@
   feeds eight independent accumulators.
 * Ragged edges: the last row tile uses the micro-kernel for its own MR; a column tile
   narrower than 16 goes through the tile buffer. K == 0 gives the epilogue of zero.
-* conv2d (groups = 1) reaches this GEMM through im2col (lower/rules.py).
+* conv2d (groups = 1) is this GEMM with the image as B (``ImageOperand``, lower/rules_conv.py):
+  its im2col panels are packed straight from the image, per task (``ember_pack_img``).
+* An activation B whose columns several row tasks share (a deep conv layer: many output
+  channels, a small image) is packed whole once per call, in parallel, before the tasks.
 """
 from __future__ import annotations
 
 from ...ir import dtypes
 from ...ir.symbolic import prod
 from ...lower.loop_ir import Matmul
+from ...lower.packing import ImageOperand
 
 MR, NR = 6, 16
 KC = 256             # K block: KC x 16 floats of B = 16 KiB, half of L1d
 MC_PACKED = 96       # rows per task with a pre-packed B (A block 96 x 256 floats in L2)
 MC_ONTHEFLY = 192    # larger when B is packed per task, so packing is a smaller share
 PARALLEL_MACS = 1 << 17  # multiply-adds below which a GEMM stays on one thread
-TASKS_WANTED = 16    # split N until there are this many tasks (load balance on few cores)
+TASKS_WANTED = 16    # split N, then M, until there are this many tasks (load balance on few cores)
+MC_MIN = 24          # rows per task at the finest M split
+PREPACK_MAX = 1 << 23  # floats: an activation B up to this size is packed whole, once per call
 
 
 def _ukr_avx(mr: int) -> str:
@@ -127,6 +133,42 @@ static inline void ember_pack_b(int64_t kc, int64_t nc, int64_t N, int64_t j0, c
     }
   }
 }
+/* Rows k0 <= k < k0 + kc of the im2col matrix of one image x [C, H, W], columns j0 <= j < N
+   (j = ho * Wo + wo, k = (c * KH + rh) * KW + rw), into 16-wide panels, zero-padded: the
+   convolution's B operand packed without an im2col buffer. g = {H, W, KH, KW, Wo, sh, sw, ph,
+   pw, dh, dw}. Most panels of a wide image lie in one output row, so each k step is 16 loads
+   at a fixed stride (a vector copy for stride 1) when the window row is inside the image. */
+static void ember_pack_img(int64_t kc, int64_t k0, int64_t nc, int64_t N, int64_t j0, const float *restrict x,
+    const int64_t *g, float *restrict out) {
+  const int64_t H = g[0], W = g[1], KH = g[2], KW = g[3], Wo = g[4], sh = g[5], sw = g[6];
+  const int64_t ph = g[7], pw = g[8], dh = g[9], dw = g[10];
+  for (int64_t jp = 0; jp < nc; jp += 16) {
+    const int64_t jb = j0 + jp, nr = ember_min64(16, N - jb);
+    int64_t hb[16], wb[16];  /* top-left input corner of each column's window */
+    for (int j = 0; j < 16; j++) {
+      const int64_t jj = jb + (j < nr ? j : 0);
+      hb[j] = (jj / Wo) * sh - ph; wb[j] = (jj % Wo) * sw - pw;
+    }
+    const int row = nr == 16 && jb / Wo == (jb + 15) / Wo;
+    float *restrict o = out + jp * kc;
+    int64_t c = k0 / (KH * KW), rh = (k0 / KW) % KH, rw = k0 % KW;
+    for (int64_t k = 0; k < kc; k++, o += 16) {
+      const float *restrict xc = x + c * H * W;
+      const int64_t hh = hb[0] + rh * dh, w0 = wb[0] + rw * dw;
+      if (row && hh >= 0 && hh < H && w0 >= 0 && w0 + 15 * sw < W) {
+        const float *restrict xr = xc + hh * W + w0;
+        if (sw == 1) for (int j = 0; j < 16; j++) o[j] = xr[j];
+        else for (int j = 0; j < 16; j++) o[j] = xr[j * sw];
+      } else {
+        for (int j = 0; j < 16; j++) {
+          const int64_t h = hb[j] + rh * dh, w = wb[j] + rw * dw;
+          o[j] = j < nr && h >= 0 && h < H && w >= 0 && w < W ? xc[h * W + w] : 0.0f;
+        }
+      }
+      if (++rw == KW) { rw = 0; if (++rh == KH) { rh = 0; c++; } }
+    }
+  }
+}
 /* rows of A with any strides into a row-major block (unit stride along k) */
 static inline void ember_pack_a(int64_t mc, int64_t kc, const float *restrict a, int64_t sm, int64_t sk,
     float *restrict out) {
@@ -162,6 +204,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     nb = len(k.batch)
     A, B, C = params[k.a.buf], params[k.b.buf], params[k.out]
     packed = getattr(k.b, "packed", 0)
+    img = isinstance(k.b, ImageOperand)
     out_f32 = k.out.dtype is dtypes.f32
     sa = [c_dim(s) for s in k.a.strides]
     sb = [c_dim(s) for s in k.b.strides]
@@ -169,7 +212,11 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
          f"  const int64_t nbatch = {c_dim(prod(k.batch))};",
          "  if (nbatch == 0 || M == 0 || N == 0) return;",
          f"  const int64_t sam = {sa[nb]}, sak = {sa[nb + 1]};"]
-    if not packed:
+    if img:
+        _, H, W, KH, KW, Wo, (sh, sw), (ph, pw), (dh, dw) = k.b.geom
+        g = ", ".join(c_dim(d) for d in (H, W, KH, KW, Wo, sh, sw, ph, pw, dh, dw))
+        L.append(f"  const int64_t geom[11] = {{{g}}};")
+    elif not packed:
         L.append(f"  const int64_t sbk = {sb[nb]}, sbn = {sb[nb + 1]};")
     # K blocks of nearly equal size (<= KC); one block when C cannot hold partial sums
     if out_f32:
@@ -177,11 +224,15 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     else:
         L.append("  const int64_t kcb = K + (K == 0);")
     mc = MC_PACKED if packed else MC_ONTHEFLY
-    L.append(f"  const int64_t mc = M < {mc} ? M : {mc}, mt = (M + mc - 1) / mc;")
-    L.append("  const int64_t n16 = (N + 15) / 16 * 16;")
+    L.append(f"  int64_t mc = M < {mc} ? M : {mc}, mt = (M + mc - 1) / mc;")
+    L.append("  const int64_t n16 = (N + 15) / 16 * 16, npan = n16 / 16;")
     L.append("  int64_t nc = n16;")
     L.append(f"  while (nbatch * mt * ((n16 + nc - 1) / nc) < {TASKS_WANTED} && nc > 64) nc = (nc / 2 + 15) / 16 * 16;")
-    L.append("  const int64_t nt = (n16 + nc - 1) / nc, ntasks = nbatch * mt * nt;")
+    L.append("  const int64_t nt = (n16 + nc - 1) / nc;")
+    # few, wide tasks (a deep conv layer: many output channels, a small image) leave a core
+    # idle at the end; split the rows finer, in whole micro-tiles
+    L.append(f"  while (nbatch * mt * nt < {TASKS_WANTED} && mc > {MC_MIN}) {{ mc = (mc / 2 + 5) / 6 * 6; mt = (M + mc - 1) / mc; }}")
+    L.append("  const int64_t ntasks = nbatch * mt * nt;")
     L.append(f"  const int big = nbatch * M * N * K > {PARALLEL_MACS};")
 
     def batch_coords(ind, out):
@@ -220,11 +271,28 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
         L.append("    return;")
         L.append("  }")
 
+    def pack_b(kc, k0, nc, j0, dst):
+        if img:
+            return f"ember_pack_img({kc}, {k0}, {nc}, N, {j0}, {B} + ob, geom, {dst});"
+        return f"ember_pack_b({kc}, {nc}, N, {j0}, {B} + ob + ({k0}) * sbk, sbk, sbn, {dst});"
+
     # -- blocked GEMM: tasks of (batch, mc rows, nc columns)
     body = []
     body.append("  float *abuf = sak == 1 ? NULL : (float *)malloc(sizeof(float) * mc * kcb);")
     if not packed:
-        body.append("  float *bbuf = (float *)aligned_alloc(64, sizeof(float) * ((nc * kcb + 15) / 16 * 16));")
+        # B is packed per task, or, when several row tasks share its columns, once for all of
+        # them before the tasks start (so that no column panel is packed twice)
+        L.append(f"  float *bfull = mt > 1 && nbatch * K * n16 <= {PREPACK_MAX} ? "
+                 "(float *)aligned_alloc(64, sizeof(float) * (nbatch * K * n16 + 16)) : NULL;")
+        body.append("  if (bfull) {")
+        body.append("    #pragma omp for schedule(static)")
+        body.append("    for (int64_t t = 0; t < nbatch * npan; t++) {")
+        body.append("      const int64_t bi = t / npan, jp = t % npan;")
+        batch_coords("      ", body)
+        body.append("      " + pack_b("K", "0", "16", "jp * 16", "bfull + t * K * 16"))
+        body.append("    }")
+        body.append("  }")
+        body.append("  float *bbuf = bfull ? NULL : (float *)aligned_alloc(64, sizeof(float) * ((nc * kcb + 15) / 16 * 16));")
     body.append("  float tile[6 * 16] __attribute__((aligned(64)));")
     body.append("  #pragma omp for schedule(dynamic, 1)")
     body.append("  for (int64_t t = 0; t < ntasks; t++) {")
@@ -235,7 +303,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     body.append("      const int64_t kc = ember_min64(kcb, K - pc);")
     body.append("      const int last = pc + kc >= K;")
     if not packed:
-        body.append(f"      ember_pack_b(kc, n1 - n0, N, n0, {B} + ob + pc * sbk, sbk, sbn, bbuf);")
+        body.append("      if (!bfull) " + pack_b("kc", "pc", "n1 - n0", "n0", "bbuf"))
     body.append(f"      const float *ablk = {A} + oa + m0 * sam + pc * sak;")
     body.append("      int64_t rs = sam;")
     body.append("      if (abuf) { ember_pack_a(m1 - m0, kc, ablk, sam, sak, abuf); ablk = abuf; rs = kc; }")
@@ -243,7 +311,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     if packed:
         body.append(f"        const float *bp = {B} + (j / 16 * K + pc) * 16;")
     else:
-        body.append("        const float *bp = bbuf + (j - n0) * kc;")
+        body.append("        const float *bp = bfull ? bfull + ((bi * npan + j / 16) * K + pc) * 16 : bbuf + (j - n0) * kc;")
     body.append("        const int64_t nr = ember_min64(16, N - j);")
     body.append("        for (int64_t i = m0; i < m1; i += 6) {")
     body.append("          const int mr = (int)ember_min64(6, m1 - i);")
@@ -293,4 +361,6 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     L.append("  } else {")
     L += ["  " + x for x in body if "#pragma" not in x]
     L.append("  }")
+    if not packed:
+        L.append("  free(bfull);")
     return "\n".join(L) + "\n"
