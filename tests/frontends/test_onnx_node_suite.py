@@ -31,7 +31,7 @@ EXCLUDE: list[tuple[str, str]] = [
      "string tensors (and image decoding): Ember tensors are numeric"),
     (r"ai_onnx_ml_", "the ai.onnx.ml domain (classic ML operators) is not supported"),
     # -- non-tensor values and control flow (Ember graphs are straight-line tensor programs)
-    (r"sequence|optional|_opt$|_opt_|loop1|^test_if|^test_scan|_scan_|^test_range_((float|float16)_type_positive|int32_type_negative)_delta_expanded",
+    (r"(?<!reverse)sequence|optional|_opt$|_opt_|loop1|^test_if|^test_scan|_scan_|^test_range_((float|float16)_type_positive|int32_type_negative)_delta_expanded",
      "sequences, optionals and If/Loop/Scan subgraphs are not supported (Range's expanded form uses Loop)"),
     (r"linear_attention", "LinearAttention is defined with Scan (control flow)"),
     (r"flexattention(?!.*_expanded_ver26)", "FlexAttention (ai.onnx.preview) takes subgraph attributes"),
