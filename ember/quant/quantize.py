@@ -352,8 +352,9 @@ def _guard(graph, cfg, chosen, weights, acts, ev, ref_outs, layers, report, full
     return qgraph, outmap, kept
 
 
-def build_native(graph: Graph):
-    """Lower, generate and build ``graph`` as ember.compile does at opt_level 2."""
+def build_native(graph: Graph, extra_flags: tuple = ()):
+    """Lower, generate and build ``graph`` as ember.compile does at opt_level 2 (``extra_flags``
+    for the C compiler, e.g. ``("-mno-avx2",)`` to test portable kernels)."""
     from ..api import _spec
     from ..backends.cpu.codegen import generate
     from ..backends.cpu.toolchain import build
@@ -366,7 +367,7 @@ def build_native(graph: Graph):
     fuse_epilogues(prog, fusions)
     fuse_rows(prog, fusions)
     plan = plan_memory(prog, reuse=True)
-    lib = build(generate(prog, plan))
+    lib = build(generate(prog, plan), extra_flags)
     names = graph.output_names or [f"output{k}" for k in range(len(graph.outputs))]
     return NativeModule(lib, prog.symbols, [_spec(v) for v in graph.inputs],
                         [_spec(v, n) for v, n in zip(graph.outputs, names)], prog.const_data,
