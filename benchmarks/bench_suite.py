@@ -354,9 +354,11 @@ def write_report(results, gemm_rows, peak, args, wall):
     if peak:
         lines += ["", "Machine FMA peak (register-resident 8-wide FMA loop in C): " +
                   ", ".join(f"{t} thread{'s' if t > 1 else ''}: {g:.1f} GFLOP/s" for t, g in peak.items()) + "."]
+    print("\n".join(lines))
+    if args.only:  # a partial run prints its table; the saved results stay the full suite's
+        return
     md = RESULTS / "suite.md"
     md.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
     print(f"wrote {md}")
     _chart(results, gemm_rows, peak)
 
