@@ -299,6 +299,16 @@ class NativeModule:
             self._torch = torch
         if len(tensors) != self._n_in:
             self._count(len(tensors))
+        runner = self._runner
+        if runner is not None:
+            # numpy views of the tensors (no copies) through the all-C path; any odd tensor
+            # (requires grad, not CPU, a dtype numpy lacks) raises here or is declined there
+            try:
+                outs = runner(tuple([t.numpy() for t in tensors]))
+            except (AttributeError, RuntimeError, TypeError):
+                outs = None
+            if outs is not None:
+                return [torch.from_numpy(o) for o in outs]
         ins = []
         want, tensor = self._torch_dtypes, torch.Tensor
         for k, t in enumerate(tensors):
@@ -319,6 +329,8 @@ class NativeModule:
                 return o, o.data_ptr()
             return self._call(shapes, [t.data_ptr() for t in ins], alloc)
         st = self._shapes.get(shapes) or self._state(shapes)
+        if runner is not None:
+            self._prime(shapes, st)
         # torch.empty(*shape) skips keyword parsing, which costs as much as the allocation
         default = torch.get_default_dtype()
         outs = [torch.empty(*s) if d is default and s else torch.empty(s, dtype=d)
