@@ -50,7 +50,8 @@ ONNX_DTYPES = {TensorProto.FLOAT: dtypes.f32, TensorProto.DOUBLE: dtypes.f64,
                TensorProto.FLOAT16: dtypes.f16, TensorProto.BFLOAT16: dtypes.bf16,
                TensorProto.INT64: dtypes.i64, TensorProto.INT32: dtypes.i32,
                TensorProto.INT16: dtypes.i16, TensorProto.INT8: dtypes.i8,
-               TensorProto.UINT8: dtypes.u8, TensorProto.BOOL: dtypes.bool_}
+               TensorProto.UINT8: dtypes.u8, TensorProto.BOOL: dtypes.bool_,
+               TensorProto.UINT16: dtypes.u16, TensorProto.UINT32: dtypes.u32, TensorProto.UINT64: dtypes.u64}
 EMBER_TO_ONNX = {v: k for k, v in ONNX_DTYPES.items()}
 _DOMAINS = ("", "ai.onnx")
 

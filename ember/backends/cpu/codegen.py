@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ...errors import EmberError
 from ...ir import dtypes
 from ...ir.symbolic import prod
@@ -35,6 +37,22 @@ static inline double ember_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 static inline int64_t ember_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t ember_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 """ + FASTMATH
+
+# bfloat16: the upper 16 bits of a float32. Kept in a one-member struct, not a bare uint16_t,
+# so that C code that reads a bf16 buffer without converting does not compile instead of
+# silently doing integer arithmetic on the bits. Stores round to nearest even; NaN stays NaN.
+BF16_C = r"""
+typedef struct { uint16_t bits; } ember_bf16;
+static inline float ember_bf16_to_f32(ember_bf16 h) {
+  uint32_t u = (uint32_t)h.bits << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline ember_bf16 ember_f32_to_bf16(float f) {
+  uint32_t u; memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (ember_bf16){(uint16_t)((u >> 16) | 0x40u)};
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (ember_bf16){(uint16_t)(u >> 16)}; }
+static inline float ember_bf16_round(float f) { return ember_bf16_to_f32(ember_f32_to_bf16(f)); }
+"""
+PRELUDE += BF16_C
 
 
 # printers of Template kernels, by class: (kernel, params, printer) -> C body; and the
@@ -59,15 +77,37 @@ def template(kind, prelude: str | None = None):
 
 
 def compute_type(dt) -> str:
-    if dt is dtypes.bf16:
-        raise EmberError("bf16 tensors are not supported by the CPU backend yet; cast the model "
-                         "to float32 (model.float()) before compiling")
-    return "float" if dt is dtypes.f16 else dt.c_name
+    """The C type an element is computed in: 16-bit floats compute in float."""
+    return "float" if dt in (dtypes.f16, dtypes.bf16) else dt.c_name
 
 
 def storage_type(dt) -> str:
-    compute_type(dt)
+    """The C type of a buffer element (ember_bf16 for bf16: 16 bits, see BF16_C)."""
     return dt.c_name
+
+
+def load_value(s: str, dt) -> str:
+    """C for a loaded element ``s`` (``p[i]``) as its compute type."""
+    if dt is dtypes.bf16:
+        return f"ember_bf16_to_f32({s})"
+    return f"((float){s})" if dt is dtypes.f16 else s
+
+
+def store_value(v: str, dt) -> str:
+    """C for a computed value ``v`` converted to ``dt``'s storage type."""
+    if dt is dtypes.bf16:
+        return f"ember_f32_to_bf16({v})"
+    return f"({storage_type(dt)})({v})"
+
+
+def cast_value(x: str, dt) -> str:
+    """C for a value converted to ``dt`` inside an expression: a cast to bf16 rounds to bf16
+    precision there (a store would round anyway, but a fused kernel may not store it)."""
+    if dt is dtypes.bool_:
+        return f"({x} != 0)"
+    if dt is dtypes.bf16:
+        return f"ember_bf16_round((float)({x}))"
+    return f"(({compute_type(dt)}){x})"
 
 
 def c_sym(name: str) -> str:
@@ -86,13 +126,20 @@ def c_literal(v, dt) -> str:
             return "NAN"
         if math.isinf(v):
             return "INFINITY" if v > 0 else "(-INFINITY)"
+        if dt is dtypes.bf16:
+            v = float(np.asarray(v, np.float32).astype(dt.np))  # the bf16 value it stands for
         s = repr(float(v))
         return f"{s}f" if compute_type(dt) == "float" else s
-    return f"{int(v)}L" if abs(int(v)) > 2**31 - 1 else str(int(v))
+    v = int(v)
+    if v > 2**63 - 1:
+        return f"{v}UL"   # only u64 holds these
+    return f"{v}L" if abs(v) > 2**31 - 1 else str(v)
 
 
 def nonneg(e: Expr) -> bool:
     """True when an integer expression is provably >= 0 (plain C / and % are then exact)."""
+    if e.dtype is not None and not e.dtype.is_float and not e.dtype.is_signed:
+        return True   # unsigned: also keeps u64 values above 2**63 out of int64 helpers
     if e.op == "const":
         return e.arg >= 0
     if e.op in ("var", "dim"):
@@ -156,13 +203,9 @@ class ExprPrinter:
         if op == "dim":
             return c_dim(e.arg)
         if op == "load":
-            s = f"{self.params[e.arg]}[{self(a[0])}]"
-            return f"((float){s})" if dt is dtypes.f16 else s
+            return load_value(f"{self.params[e.arg]}[{self(a[0])}]", dt)
         if op == "cast":
-            x = self(a[0])
-            if dt is dtypes.bool_:
-                return f"({x} != 0)"
-            return f"(({compute_type(dt)}){x})"
+            return cast_value(self(a[0]), dt)
         if op == "where":
             return f"({self(a[0])} ? {self(a[1])} : {self(a[2])})"
         if len(a) == 1:
@@ -215,7 +258,7 @@ def _flat(shape, index_names) -> str:
 
 
 def _store(buf_param: str, dt, index: str, value: str) -> str:
-    return f"{buf_param}[{index}] = ({storage_type(dt)})({value});"
+    return f"{buf_param}[{index}] = {store_value(value, dt)};"
 
 
 class KernelPrinter:
@@ -488,13 +531,17 @@ class KernelPrinter:
 def _lowest(dt) -> str:
     if dt.is_float:
         return "(-INFINITY)"
-    return {"bool": "false", "u8": "0"}.get(dt.name, f"INT{dt.itemsize * 8}_MIN")
+    if dt is dtypes.bool_:
+        return "false"
+    return f"INT{dt.itemsize * 8}_MIN" if dt.is_signed else "0"
 
 
 def _highest(dt) -> str:
     if dt.is_float:
         return "INFINITY"
-    return {"bool": "true", "u8": "255"}.get(dt.name, f"INT{dt.itemsize * 8}_MAX")
+    if dt is dtypes.bool_:
+        return "true"
+    return f"{'' if dt.is_signed else 'U'}INT{dt.itemsize * 8}_MAX"
 
 
 def workspace_layout(prog: Program, plan=None):
