@@ -1,0 +1,94 @@
+"""bf16 and the unsigned 16/32/64-bit types, compiled to C against the numpy reference.
+
+bf16 arrays are ml_dtypes.bfloat16 (2 bytes); the C code keeps the 16 bits and computes in
+float, rounding to nearest even on every store and on every cast to bf16.
+"""
+import numpy as np
+import pytest
+
+from ember.api import compile as ember_compile
+from ember.ir import Graph, TensorType, dtypes, interpret, sym
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+N = sym("n")
+
+
+def _graph(build, input_types):
+    g = Graph()
+    ins = [g.add_input(f"x{k}", t) for k, t in enumerate(input_types)]
+    out = build(g, *ins)
+    g.outputs = out if isinstance(out, list) else [out]
+    return g
+
+
+def _bits(a):
+    return np.asarray(a).view(np.uint16)
+
+
+def test_bf16_round_trip_rounds_to_nearest_even():
+    g = _graph(lambda g, x: g.op("cast", [x], {"dtype": dtypes.bf16}), [TensorType(dtypes.f32, (N,))])
+    one_ulp = np.float32(2.0 ** -7)  # bf16 has 8 significant bits: ulp(1) = 2**-7
+    x = np.array([1.0, 1.0 + one_ulp / 2, 1.0 + 3 * one_ulp / 2, 1.0 + one_ulp / 2 + 2.0 ** -20,
+                  -2.5, 3.0e38, np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-40], np.float32)
+    got = ember_compile(g)(x)
+    assert got.dtype == BF16
+    want = x.astype(BF16)  # ml_dtypes: round to nearest even
+    np.testing.assert_array_equal(_bits(got)[~np.isnan(x)], _bits(want)[~np.isnan(x)])
+    assert np.isnan(got.astype(np.float32)[np.isnan(x)]).all()
+
+
+def test_bf16_pointwise_computes_in_float_and_stores_bf16():
+    def build(g, x, y):
+        return g.op("mul", [g.op("exp", [x]), y])
+    g = _graph(build, [TensorType(dtypes.bf16, (N, 3))] * 2)
+    rng = np.random.default_rng(0)
+    c = ember_compile(g)
+    for n in (1, 5, 33):
+        x = rng.uniform(-3, 3, (n, 3)).astype(BF16)
+        y = rng.uniform(-3, 3, (n, 3)).astype(BF16)
+        got = c(x, y)
+        want = interpret(g, [x, y])[0]
+        assert got.dtype == BF16 and want.dtype == BF16
+        # the reference rounds exp's result to bf16 before the multiply, the fused kernel not:
+        # one bf16 ulp apart at most
+        np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=2 ** -7)
+
+
+def test_bf16_cast_inside_a_fused_kernel_rounds():
+    # f32 -> bf16 -> f32 in one kernel must still lose the low bits
+    g = _graph(lambda g, x: g.op("cast", [g.op("cast", [x], {"dtype": dtypes.bf16})], {"dtype": dtypes.f32}),
+               [TensorType(dtypes.f32, (N,))])
+    x = np.random.default_rng(1).standard_normal(100).astype(np.float32)
+    np.testing.assert_array_equal(ember_compile(g)(x), x.astype(BF16).astype(np.float32))
+
+
+def test_bf16_reduction():
+    g = _graph(lambda g, x: g.op("sum", [x], {"axes": (1,), "keepdims": False}), [TensorType(dtypes.bf16, (N, 16))])
+    x = np.random.default_rng(2).uniform(-1, 1, (4, 16)).astype(BF16)
+    got = ember_compile(g)(x)
+    assert got.dtype == BF16
+    want = x.astype(np.float32).sum(axis=1)
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=2 ** -7, atol=1e-2)
+
+
+@pytest.mark.parametrize("dt", [dtypes.u16, dtypes.u32, dtypes.u64])
+def test_unsigned_arithmetic_wraps_like_numpy(dt):
+    def build(g, x, y):
+        return [g.op("add", [x, y]), g.op("sub", [x, y]), g.op("mul", [x, y]), g.op("div", [x, y]),
+                g.op("mod", [x, y]), g.op("gt", [x, y]), g.op("maximum", [x, y]),
+                g.op("max", [x], {"axes": (0,), "keepdims": False}),
+                g.op("min", [x], {"axes": (0,), "keepdims": False})]
+    g = _graph(build, [TensorType(dt, (N,))] * 2)
+    info = np.iinfo(dt.np)
+    rng = np.random.default_rng(3)
+    # values across the whole range: u64 above 2**63 must not pass through int64 helpers
+    x = rng.integers(0, info.max, 64, dtype=dt.np, endpoint=True)
+    y = rng.integers(1, info.max, 64, dtype=dt.np, endpoint=True)
+    x[:3] = [info.max, 0, info.max - 1]
+    y[:3] = [1, info.max, 2]
+    got = ember_compile(g)(x, y)
+    want = interpret(g, [x, y])
+    for k, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == b.dtype, k
+        np.testing.assert_array_equal(a, b, err_msg=f"output {k}")
