@@ -1878,3 +1878,24 @@ def _max_pool(cx, ins, a):
 
 
 CONVERTERS["MaxPool"] = _max_pool
+
+
+# ---------------------------------------------------------------- bit manipulation
+
+def _bitwise_conv(op):
+    def f(cx, ins, a):
+        xs = [v for v in ins if v is not None]
+        if xs[0].dtype is dtypes.bool_:
+            raise Unsupported(f"{cx.node.op_type} on bool inputs")
+        if op == "shift":
+            d = a.get("direction", "")
+            if d not in ("LEFT", "RIGHT"):
+                raise ShapeError(f"BitShift direction must be LEFT or RIGHT, got {d!r}")
+            return cx.op("bitwise", xs, {"op": "shl" if d == "LEFT" else "shr"})
+        return cx.op("bitwise", xs, {"op": op})
+    return f
+
+
+for _t, _k in {"BitwiseAnd": "and", "BitwiseOr": "or", "BitwiseXor": "xor", "BitwiseNot": "not",
+               "BitShift": "shift"}.items():
+    CONVERTERS[_t] = _bitwise_conv(_k)
