@@ -28,8 +28,10 @@ def _conv2d(lw, n, r):
     groups = n.attrs["groups"]
     O, Cg, KH, KW = w.shape
     H, W = x.shape[2], x.shape[3]
-    if groups == 1 and x.dtype is dtypes.f32 and out.dtype is dtypes.f32:
-        res = _conv2d_gemm(lw, x, w, bias, out, (sh, sw), (ph, pw), (dh, dw))
+    # a group with a few output channels is a GEMM per group; depthwise ones (one or two
+    # output channels per group) would use a sliver of the micro-tile and stay a reduction
+    if (groups == 1 or O // groups >= 4) and x.dtype is dtypes.f32 and out.dtype is dtypes.f32:
+        res = _conv2d_gemm(lw, x, w, bias, out, (sh, sw), (ph, pw), (dh, dw), groups)
         if res is not None:
             return res
     i0, i1, i2, i3 = out_vars(4)
@@ -44,37 +46,42 @@ def _conv2d(lw, n, r):
     return lw.reduce(out.dtype, out.shape, (Cg, KH, KW), body, "sum", post, out)
 
 
-def _conv2d_gemm(lw, x, w, bias, out, stride, pad, dil):
-    """conv2d as a GEMM per image: out[n] (O x Ho*Wo) = W (O x C*KH*KW) @ cols[n].
+def _conv2d_gemm(lw, x, w, bias, out, stride, pad, dil, groups):
+    """conv2d as a GEMM per image (and group): out[n, g] (O/G x Ho*Wo) = W[g] (O/G x Cg*KH*KW) @ cols[n, g].
 
     ``cols`` is the im2col matrix, never stored: the GEMM packs its panels straight from the
     image (``ImageOperand``); a 1x1 convolution with stride 1 and no padding reads the image
     as the matrix it already is. The weight is the A operand, read in place (unit stride
     along K); the output comes out in NCHW order, with the bias as the GEMM epilogue (where
-    ReLU and a residual add join it, lower/schedule.py).
+    ReLU and a residual add join it, lower/schedule.py, when groups == 1).
     """
     wv = lw.const_array(w)
     if wv is None:
         return None
-    O, C, KH, KW = w.shape
-    N, H, W = x.shape[0], x.shape[2], x.shape[3]
+    O, Cg, KH, KW = w.shape
+    N, C, H, W = x.shape
     Ho, Wo = out.shape[2], out.shape[3]
-    K = C * KH * KW
+    K, og = Cg * KH * KW, O // groups
     a = lw.const(np.ascontiguousarray(wv.reshape(O, K)), w.dtype, w.buf.name + "_gemm")
-    epi = (lambda acc, ix: acc + bias.load([ix[1]])) if bias is not None else None
     xv = lw.as_view(x)
-    if KH == KW == 1 and tuple(stride) + tuple(pad) == (1, 1, 0, 0) and xv.is_contiguous:
-        res = emit_matmul(lw, a, View(xv.buf, (N, K, H * W), None, xv.offset), (N, O, Ho * Wo),
-                          out.dtype, out, epi)
-        return View(res.buf, out.shape)
+    if groups == 1:
+        epi = (lambda acc, ix: acc + bias.load([ix[1]])) if bias is not None else None
+        if KH == KW == 1 and tuple(stride) + tuple(pad) == (1, 1, 0, 0) and xv.is_contiguous:
+            res = emit_matmul(lw, a, View(xv.buf, (N, K, H * W), None, xv.offset), (N, O, Ho * Wo),
+                              out.dtype, out, epi)
+            return View(res.buf, out.shape)
+        batch, sa, sb = (N,), (0,), (prod((C, H, W)),)
+    else:  # batch dims (image, group); output channel = group * og + row
+        epi = (lambda acc, ix: acc + bias.load([ix[1] * og + ix[2]])) if bias is not None else None
+        batch, sa, sb = (N, groups), (0, og * K), (prod((C, H, W)), prod((Cg, H, W)))
     if not xv.is_contiguous:
         xv = lw.store(xv)
-    opa = L.Operand(a.buf, 0, (0, K, 1))
-    opb = ImageOperand(xv.buf, xv.offset, (prod((C, H, W)), 0, 0),
-                       geom=(C, H, W, KH, KW, Wo, tuple(stride), tuple(pad), tuple(dil)))
-    buf = lw.temp(out.dtype, (N, O, Ho * Wo), out)
-    e = epi(L.var("acc", out.dtype), out_vars(3)) if epi is not None else None
-    lw.prog.kernels.append(L.Matmul(lw._name("k"), buf, (N,), O, Ho * Wo, K, opa, opb, e))
+    opa = L.Operand(a.buf, 0, sa + (K, 1))
+    opb = ImageOperand(xv.buf, xv.offset, sb + (0, 0),
+                       geom=(Cg, H, W, KH, KW, Wo, tuple(stride), tuple(pad), tuple(dil)))
+    buf = lw.temp(out.dtype, batch + (og, Ho * Wo), out)
+    e = epi(L.var("acc", out.dtype), out_vars(len(batch) + 2)) if epi is not None else None
+    lw.prog.kernels.append(L.Matmul(lw._name("k"), buf, batch, og, Ho * Wo, K, opa, opb, e))
     return View(buf, out.shape)
 
 

@@ -2,7 +2,8 @@
 
 Paths: groups = 1 float32 is one GEMM whose B panels are packed from the image (implicit
 im2col, backends/cpu/gemm.py ``ember_pack_img``), or reads a 1x1 stride-1 input as a matrix;
-grouped and depthwise convolutions are loop-IR reductions. Bias, a residual add and ReLU are
+a grouped convolution with at least 4 outputs per group is a GEMM per (image, group), with
+the group as a batch dim; depthwise ones are loop-IR reductions. Bias, a residual add and ReLU are
 fused into the GEMM epilogue at opt_level 2. Every case runs batch 1 and batch 3 through one
 compiled model (a symbolic batch).
 """
@@ -83,8 +84,11 @@ def test_fused_epilogue_is_one_kernel(relu, residual, bias):
 
 
 @pytest.mark.parametrize("c,o,hw,k,s,p,groups", [
-    (2, 4, (7, 7), (3, 3), 1, 1, 2),
+    (2, 4, (7, 7), (3, 3), 1, 1, 2),          # 2 outputs per group: a reduction
     (6, 4, (13, 13), (5, 5), 2, 2, 2),
+    (8, 8, (13, 13), (3, 3), 1, 1, 2),        # 4 outputs per group: a GEMM per (image, group)
+    (16, 96, (7, 9), (3, 3), 2, 1, 4),
+    (64, 64, (14, 14), (1, 1), 1, 0, 8),
     (7, 7, (13, 13), (3, 3), 1, 1, 7),        # depthwise
     (64, 64, (56, 56), (3, 3), 2, 1, 64),     # depthwise, stride 2
     (3, 6, (7, 7), (7, 7), 1, 3, 3),          # depthwise with multiplier 2
