@@ -97,8 +97,8 @@ def cmd_inspect(args) -> int:
 
 # Commands that live next to the code they drive: each module has ``add_commands(subparsers)``
 # and sets ``fn`` on its parsers. A module not written yet is skipped.
-COMMAND_MODULES = ("ember.commands.compile", "ember.commands.serve", "ember.commands.onnx",
-                   "ember.commands.quant")
+COMMAND_MODULES = ("ember.commands.compile", "ember.commands.run", "ember.commands.bench",
+                   "ember.commands.serve", "ember.commands.onnx", "ember.commands.quant")
 
 
 def _add_plugin_commands(sub) -> None:

@@ -60,7 +60,7 @@ def test_dynamic(workdir):
                   "--quantize", "dynamic", "--force-int8")
     assert r.returncode == 0, r.stderr
     assert "quantization: dynamic" in r.stderr and "2/2 layers int8" in r.stderr
-    assert int8_consts(workdir / "q.ember") == 2
+    assert int8_consts(workdir / "q.ember") >= 2
     check_close(workdir / "q.ember")
 
 
