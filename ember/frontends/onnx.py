@@ -447,7 +447,7 @@ def _opset_of(m) -> int:
 
 def _import(m, dynamic: dict, input_shapes: dict, bind: dict) -> Graph:
     from . import onnx_ops
-    from . import onnx_ops_quant  # noqa: F401 - registers the quantized-op converters
+    from . import onnx_ops_quant, onnx_ops_rnn  # noqa: F401 - register their converters
     if m.functions:
         try:
             from onnx import inliner

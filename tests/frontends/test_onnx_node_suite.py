@@ -48,7 +48,6 @@ EXCLUDE: list[tuple[str, str]] = [
      "GridSample, AffineGrid, RoiAlign, DeformConv, Col2Im: not yet"),
     (r"^test_dft|^test_stft|(blackman|hann|hamming)window(_symmetric)?_cpu|melweightmatrix", "signal processing ops: not yet"),
     (r"bitcast", "BitCast (reinterpreting bits across dtypes): not yet"),
-    (r"^test_(gru|lstm|rnn|simple_rnn)", "recurrent layers (GRU, LSTM, RNN): not yet"),
     (r"quantizelinear_(e4m3fn|e5m2|float4e2m1)",
      "QuantizeLinear/DequantizeLinear to 8-bit and 4-bit floats: no such Ember dtype"),
     (r"(pool|conv|convtranspose)_3d", "3-D convolution and pooling (Ember has 1-D and 2-D)"),
