@@ -5,15 +5,18 @@ dynamically. Inside a task the keys are walked in blocks of KB, with an online s
 
 * Q is packed transposed and pre-scaled, ``qt[d][i] = q[i, d] * scale`` (16 query lanes),
   so the scores of a key block come out transposed, ``s[j][i]``: queries lie in the SIMD
-  lanes and the per-query max, exp and sum over keys are plain vertical vector operations.
-* s = K_blk @ qt is a GEMM micro-kernel: four keys broadcast against two 8-float vectors of
-  qt per d step (eight FMA accumulators), K read in place through its strides.
+  lanes and the per-query max, exp and sum over keys are plain vertical vector operations
+  (gcc vectorizes those loops).
+* Both products are one micro-kernel over 16 query lanes, ``c[r][:] (+)= sum_t a[r, t] *
+  b[t][:]``, six rows at a time (twelve FMA accumulators, enough to hide FMA latency), with
+  ``a`` broadcast element by element through its strides, so K and V are read in place
+  whatever their layout and head dim: s[j][:] = sum_d K[j, d] qt[d][:] (rows = keys), and
+  acc[c][:] = acc[c][:] * alpha[:] + sum_j V[j, c] p[j][:] (rows = value columns; the
+  accumulator is kept transposed too and turned back when the rows are stored).
 * Online softmax: m_new = max(m, rowmax); the accumulator and the running sum are scaled by
-  exp(m - m_new); p = exp(s - m_new) overwrites s. A row whose keys are all masked so far
-  keeps m = -inf and shifts by 0 instead, so exp gives zeros, never NaN from -inf - -inf.
-* acc[i][:] += p[:, i] @ V_blk: four queries x 16 columns of V per micro-kernel call. V is
-  read in place when its rows are contiguous and Dv is a multiple of 16, else the block is
-  copied (zero-padded) first.
+  alpha = exp(m - m_new); p = exp(s - m_new) overwrites s. A row whose keys are all masked
+  so far keeps m = -inf and shifts by 0 instead, so exp gives zeros, never NaN from
+  -inf - -inf.
 * Causal: a query block stops at the last key its last row may see, and only the blocks
   crossing the diagonal pay for the per-element test.
 * End: out = acc / l; a dead row (max still -inf) gives 0 when ``safe``, else 0 * inf = NaN
@@ -43,109 +46,79 @@ typedef struct {
 } ember_att_args;
 """
 
-_AVX = r"""#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-/* s[j][0:16] = sum_d k[j, d] * qt[d][0:16], j < nk */
-static inline void ember_att_scores(int64_t nk, int64_t D, const float *restrict k, int64_t ks, int64_t kd,
-    const float *restrict qt, float *restrict s) {
-  int64_t j = 0;
-  for (; j + 4 <= nk; j += 4) {
-    const float *k0 = k + j * ks, *k1 = k0 + ks, *k2 = k1 + ks, *k3 = k2 + ks;
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-    for (int64_t d = 0; d < D; d++) {
-      const __m256 b0 = _mm256_loadu_ps(qt + 16 * d), b1 = _mm256_loadu_ps(qt + 16 * d + 8);
-      __m256 a = _mm256_broadcast_ss(k0 + d * kd); c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
-      a = _mm256_broadcast_ss(k1 + d * kd); c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
-      a = _mm256_broadcast_ss(k2 + d * kd); c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
-      a = _mm256_broadcast_ss(k3 + d * kd); c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31);
-    }
-    float *o = s + 16 * j;
-    _mm256_storeu_ps(o, c00); _mm256_storeu_ps(o + 8, c01); _mm256_storeu_ps(o + 16, c10); _mm256_storeu_ps(o + 24, c11);
-    _mm256_storeu_ps(o + 32, c20); _mm256_storeu_ps(o + 40, c21); _mm256_storeu_ps(o + 48, c30); _mm256_storeu_ps(o + 56, c31);
-  }
-  for (; j < nk; j++) {
-    const float *k0 = k + j * ks;
-    __m256 c0 = _mm256_setzero_ps(), c1 = c0;
-    for (int64_t d = 0; d < D; d++) {
-      const __m256 a = _mm256_broadcast_ss(k0 + d * kd);
-      c0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(qt + 16 * d), c0);
-      c1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(qt + 16 * d + 8), c1);
-    }
-    _mm256_storeu_ps(s + 16 * j, c0); _mm256_storeu_ps(s + 16 * j + 8, c1);
-  }
-}
-/* acc[i0+r][c:c+16] = acc[..] * alpha[i0+r] + sum_j p[j][i0+r] * v[j][c:c+16], r < 4, c < dv16 */
-static inline void ember_att_pv(int64_t nk, int64_t i0, int64_t dv16, const float *restrict p,
-    const float *restrict v, int64_t vs, const float *restrict alpha, float *restrict acc) {
-  const __m256 al0 = _mm256_broadcast_ss(alpha + i0), al1 = _mm256_broadcast_ss(alpha + i0 + 1);
-  const __m256 al2 = _mm256_broadcast_ss(alpha + i0 + 2), al3 = _mm256_broadcast_ss(alpha + i0 + 3);
-  for (int64_t c = 0; c < dv16; c += 16) {
-    float *a0 = acc + i0 * dv16 + c, *a1 = a0 + dv16, *a2 = a1 + dv16, *a3 = a2 + dv16;
-    __m256 c00 = _mm256_mul_ps(al0, _mm256_loadu_ps(a0)), c01 = _mm256_mul_ps(al0, _mm256_loadu_ps(a0 + 8));
-    __m256 c10 = _mm256_mul_ps(al1, _mm256_loadu_ps(a1)), c11 = _mm256_mul_ps(al1, _mm256_loadu_ps(a1 + 8));
-    __m256 c20 = _mm256_mul_ps(al2, _mm256_loadu_ps(a2)), c21 = _mm256_mul_ps(al2, _mm256_loadu_ps(a2 + 8));
-    __m256 c30 = _mm256_mul_ps(al3, _mm256_loadu_ps(a3)), c31 = _mm256_mul_ps(al3, _mm256_loadu_ps(a3 + 8));
-    for (int64_t j = 0; j < nk; j++) {
-      const float *vj = v + j * vs + c, *pj = p + 16 * j + i0;
-      const __m256 b0 = _mm256_loadu_ps(vj), b1 = _mm256_loadu_ps(vj + 8);
-      __m256 a = _mm256_broadcast_ss(pj); c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
-      a = _mm256_broadcast_ss(pj + 1); c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
-      a = _mm256_broadcast_ss(pj + 2); c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
-      a = _mm256_broadcast_ss(pj + 3); c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31);
-    }
-    _mm256_storeu_ps(a0, c00); _mm256_storeu_ps(a0 + 8, c01); _mm256_storeu_ps(a1, c10); _mm256_storeu_ps(a1 + 8, c11);
-    _mm256_storeu_ps(a2, c20); _mm256_storeu_ps(a2 + 8, c21); _mm256_storeu_ps(a3, c30); _mm256_storeu_ps(a3 + 8, c31);
-  }
-}
-#else
+MR = 6   # rows per micro-kernel call: 2 * MR = 12 accumulators hide the FMA latency
+
+
+def _ukr_avx(mr: int) -> str:
+    init = " ".join(f"__m256 c{r}0 = alpha ? _mm256_mul_ps(al0, _mm256_loadu_ps(c + {16 * r})) : _mm256_setzero_ps(), "
+                    f"c{r}1 = alpha ? _mm256_mul_ps(al1, _mm256_loadu_ps(c + {16 * r + 8})) : _mm256_setzero_ps();"
+                    for r in range(mr))
+    body = "\n".join(f"    {{ const __m256 av = _mm256_broadcast_ss(a + {r} * ar + t * at); "
+                     f"c{r}0 = _mm256_fmadd_ps(av, b0, c{r}0); c{r}1 = _mm256_fmadd_ps(av, b1, c{r}1); }}"
+                     for r in range(mr))
+    store = " ".join(f"_mm256_storeu_ps(c + {16 * r}, c{r}0); _mm256_storeu_ps(c + {16 * r + 8}, c{r}1);"
+                     for r in range(mr))
+    return f"""static inline void ember_att_ukr{mr}(int64_t T, const float *restrict a, int64_t ar, int64_t at,
+    const float *restrict b, float *restrict c, const float *restrict alpha) {{
+  const __m256 al0 = alpha ? _mm256_loadu_ps(alpha) : _mm256_setzero_ps(), al1 = alpha ? _mm256_loadu_ps(alpha + 8) : al0;
+  {init}
+  for (int64_t t = 0; t < T; t++) {{
+    const __m256 b0 = _mm256_loadu_ps(b + 16 * t), b1 = _mm256_loadu_ps(b + 16 * t + 8);
+{body}
+  }}
+  {store}
+}}
 """
 
-_PORTABLE = r"""static inline void ember_att_scores(int64_t nk, int64_t D, const float *restrict k, int64_t ks, int64_t kd,
-    const float *restrict qt, float *restrict s) {
-  for (int64_t j = 0; j < nk; j++) {
-    float t[16] = {0};
-    for (int64_t d = 0; d < D; d++) {
-      const float a = k[j * ks + d * kd];
-      for (int i = 0; i < 16; i++) t[i] += a * qt[16 * d + i];
-    }
-    for (int i = 0; i < 16; i++) s[16 * j + i] = t[i];
-  }
-}
-static inline void ember_att_pv(int64_t nk, int64_t i0, int64_t dv16, const float *restrict p,
-    const float *restrict v, int64_t vs, const float *restrict alpha, float *restrict acc) {
-  for (int r = 0; r < 4; r++) {
-    float *a = acc + (i0 + r) * dv16;
-    for (int64_t c = 0; c < dv16; c++) a[c] *= alpha[i0 + r];
-    for (int64_t j = 0; j < nk; j++) {
-      const float pj = p[16 * j + i0 + r];
-      for (int64_t c = 0; c < dv16; c++) a[c] += pj * v[j * vs + c];
-    }
-  }
-}
-#endif
+
+def _ukr_portable(mr: int) -> str:
+    return f"""static inline void ember_att_ukr{mr}(int64_t T, const float *restrict a, int64_t ar, int64_t at,
+    const float *restrict b, float *restrict c, const float *restrict alpha) {{
+  float t16[{mr}][16];
+  for (int r = 0; r < {mr}; r++) for (int i = 0; i < 16; i++) t16[r][i] = alpha ? c[16 * r + i] * alpha[i] : 0.0f;
+  for (int64_t t = 0; t < T; t++)
+    for (int r = 0; r < {mr}; r++) {{
+      const float av = a[r * ar + t * at];
+      for (int i = 0; i < 16; i++) t16[r][i] += av * b[16 * t + i];
+    }}
+  for (int r = 0; r < {mr}; r++) for (int i = 0; i < 16; i++) c[16 * r + i] = t16[r][i];
+}}
 """
+
+
+# c[r][0:16] = (alpha ? c[r][0:16] * alpha[0:16] : 0) + sum_t a[r * ar + t * at] * b[t][0:16], r < rows:
+# the one product of the kernel, 16 query lanes wide. Scores: rows = keys, t = d, a = K,
+# b = qt. Output: rows = value columns, t = keys, a = V read transposed, b = p.
+_MM = ("static void ember_att_mm(int64_t rows, int64_t T, const float *a, int64_t ar, int64_t at,\n"
+       "    const float *b, float *c, const float *alpha) {\n"
+       f"  for (int64_t r = 0; r < rows; r += {MR}) {{\n"
+       f"    switch (ember_min64({MR}, rows - r)) {{\n" +
+       "".join(f"      case {m}: ember_att_ukr{m}(T, a + r * ar, ar, at, b, c + 16 * r, alpha); break;\n"
+               for m in range(1, MR + 1)) +
+       "    }\n  }\n}\n")
+
+_AVX = ("#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n" +
+        "".join(_ukr_avx(m) for m in range(1, MR + 1)) + "#else\n" +
+        "".join(_ukr_portable(m) for m in range(1, MR + 1)) + "#endif\n" + _MM)
 
 _DRIVER = r"""static inline int64_t ember_att_scratch(int64_t D, int64_t Dv) {
-  const int64_t dv16 = (Dv + 15) / 16 * 16;
-  return 16 * D + EMBER_ATT_KB * 16 + 16 * dv16 + EMBER_ATT_KB * dv16 + 4 * 16;
+  return 16 * D + EMBER_ATT_KB * 16 + 16 * Dv + 4 * 16;
 }
 /* out rows i0 .. i0+nq-1 (nq <= 16) of one batch/head; ws holds ember_att_scratch floats */
 static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, float *restrict ws) {
-  const int64_t D = A->d, Dv = A->dv, Sk = A->sk, dv16 = (Dv + 15) / 16 * 16;
+  const int64_t D = A->d, Dv = A->dv, Sk = A->sk;
   float *restrict qt = ws, *restrict s = qt + 16 * D, *restrict acc = s + EMBER_ATT_KB * 16;
-  float *restrict vp = acc + 16 * dv16, *restrict m = vp + EMBER_ATT_KB * dv16;
-  float *restrict l = m + 16, *restrict alpha = l + 16, *restrict shift = alpha + 16;
+  float *restrict m = acc + 16 * Dv, *restrict l = m + 16, *restrict alpha = l + 16, *restrict shift = alpha + 16;
   for (int64_t d = 0; d < D; d++)
     for (int i = 0; i < 16; i++) qt[16 * d + i] = i < nq ? A->q[(i0 + i) * A->qs + d * A->qd] * A->scale : 0.0f;
   for (int i = 0; i < 16; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
-  memset(acc, 0, sizeof(float) * 16 * dv16);
+  memset(acc, 0, sizeof(float) * 16 * Dv);
   const int64_t off = Sk - A->sq;   /* causal: query i sees keys j <= i + off */
   int64_t kend = Sk;
   if (A->causal) kend = ember_max64(0, ember_min64(Sk, i0 + nq + off));
-  const int vdirect = A->vd == 1 && Dv == dv16;
   for (int64_t k0 = 0; k0 < kend; k0 += EMBER_ATT_KB) {
     const int64_t nk = ember_min64(EMBER_ATT_KB, kend - k0);
-    ember_att_scores(nk, D, A->k + k0 * A->ks, A->ks, A->kd, qt, s);
+    ember_att_mm(nk, D, A->k + k0 * A->ks, A->ks, A->kd, qt, s, NULL);   /* s[j][i] */
     if (A->mask) {
       const float *mk = A->mask + i0 * A->ms + k0 * A->mk;
       for (int64_t j = 0; j < nk; j++)
@@ -168,25 +141,20 @@ static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, floa
     for (int64_t j = 0; j < nk; j++)
       for (int i = 0; i < 16; i++) { const float e = ember_expf(s[16 * j + i] - shift[i]); s[16 * j + i] = e; sum[i] += e; }
     for (int i = 0; i < 16; i++) l[i] = l[i] * alpha[i] + sum[i];
-    const float *vb = A->v + k0 * A->vs;
-    int64_t vs = A->vs;
-    if (!vdirect) {   /* V rows not contiguous or Dv ragged: copy the block, zero-padded */
-      for (int64_t j = 0; j < nk; j++)
-        for (int64_t c = 0; c < dv16; c++) vp[j * dv16 + c] = c < Dv ? vb[j * A->vs + c * A->vd] : 0.0f;
-      vb = vp; vs = dv16;
-    }
-    for (int64_t i = 0; i < nq; i += 4) ember_att_pv(nk, i, dv16, s, vb, vs, alpha, acc);
+    /* acc[c][i] = acc[c][i] * alpha[i] + sum_j v[j][c] * p[j][i] */
+    ember_att_mm(Dv, nk, A->v + k0 * A->vs, A->vd, A->vs, s, acc, alpha);
   }
+  float scale[16];
+  for (int i = 0; i < 16; i++) scale[i] = A->safe && m[i] == -INFINITY ? 0.0f : 1.0f / l[i];
   for (int64_t i = 0; i < nq; i++) {
-    const int dead = m[i] == -INFINITY;
-    const float inv = 1.0f / l[i];
     float *o = A->out + (i0 + i) * Dv;
-    for (int64_t c = 0; c < Dv; c++) o[c] = A->safe && dead ? 0.0f : acc[i * dv16 + c] * inv;
+    for (int64_t c = 0; c < Dv; c++) o[c] = acc[16 * c + i] * scale[i];
   }
 }
 """
 
-PRELUDE = _COMMON + _AVX + _PORTABLE + _DRIVER
+
+PRELUDE = _COMMON + _AVX + _DRIVER
 
 
 @template(Attention, prelude=PRELUDE)
