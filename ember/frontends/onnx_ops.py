@@ -1899,3 +1899,149 @@ def _bitwise_conv(op):
 for _t, _k in {"BitwiseAnd": "and", "BitwiseOr": "or", "BitwiseXor": "xor", "BitwiseNot": "not",
                "BitShift": "shift"}.items():
     CONVERTERS[_t] = _bitwise_conv(_k)
+
+
+# ---------------------------------------------------------------- signal processing
+#
+# Window functions and mel filters depend only on sizes, so they are constants. A DFT along
+# one axis is linear in the (real, imaginary) input: two matmuls with cos / sin matrices
+# built at compile time (O(n^2), exact to rounding, and the GEMM kernel does the work).
+
+def _window(a0, a1, a2=0.0):
+    def f(cx, ins, a):
+        n = int(cx.scalar(0))
+        if n < 1:
+            raise Unsupported(f"{cx.node.op_type} of size {n} (an empty tensor)")
+        d = n if a.get("periodic", 1) else n - 1
+        k = np.arange(n, dtype=np.float64)
+        w = a0 - a1 * np.cos(2 * np.pi * k / d) + a2 * np.cos(4 * np.pi * k / d) if d else np.ones(1)
+        dt = onnx_dtype(a.get("output_datatype", 1))
+        return cx.const_array(w.astype(dt.np), dt)
+    return f
+
+
+CONVERTERS["HannWindow"] = _window(0.5, 0.5)
+CONVERTERS["HammingWindow"] = _window(25 / 46, 21 / 46)
+CONVERTERS["BlackmanWindow"] = _window(0.42, 0.5, 0.08)
+
+
+def _dft_last(cx, re, im, length, onesided, inverse):
+    """DFT of length ``length`` along the last axis of re (+ i im; im may be None): the
+    input is cut or zero-padded to that length. Returns (real, imag or None) outputs."""
+    n_in = int(re.shape[-1])
+    if inverse and onesided:
+        # the inverse of a one-sided spectrum is real: bins 0 < k < length/2 count twice
+        # (their mirrored conjugates), the rest once
+        n_use = min(n_in, length // 2 + 1)
+        k = np.arange(n_in)[:, None]
+        t = 2 * np.pi * k * np.arange(length)[None, :] / length
+        c = np.where((k == 0) | (2 * k == length), 1.0, 2.0) * (k < n_use) / length
+        out = cx.op("matmul", [re, cx.const_array((c * np.cos(t)).astype(re.dtype.np), re.dtype)])
+        if im is not None:
+            out = cx.op("sub", [out, cx.op("matmul", [im, cx.const_array((c * np.sin(t)).astype(re.dtype.np),
+                                                                         re.dtype)])])
+        return out, None
+    bins = length // 2 + 1 if onesided else length
+    k = np.arange(n_in)[:, None]
+    t = 2 * np.pi * k * np.arange(bins)[None, :] / length
+    scale = (k < length) / (length if inverse else 1.0)  # rows past the length are cut off
+    sign = 1.0 if inverse else -1.0                       # e^{+-i t}
+    C = cx.const_array((scale * np.cos(t)).astype(re.dtype.np), re.dtype)
+    S = cx.const_array((sign * scale * np.sin(t)).astype(re.dtype.np), re.dtype)
+    out_re, out_im = cx.op("matmul", [re, C]), cx.op("matmul", [re, S])
+    if im is not None:
+        out_re = cx.op("sub", [out_re, cx.op("matmul", [im, S])])
+        out_im = cx.op("add", [out_im, cx.op("matmul", [im, C])])
+    return out_re, out_im
+
+
+def _complex_parts(cx, x):
+    """[..., 1] real or [..., 2] (real, imag) -> the parts without that last axis."""
+    c = x.shape[-1]
+    if c not in (1, 2):
+        raise ShapeError(f"{cx.node.op_type}: the last dim must be 1 (real) or 2 (complex), got {c}")
+    r = _rank(x)
+    part = lambda k: _reshape(cx, cx.op("slice", [x], {"axis": r - 1, "start": k, "end": k + 1}),  # noqa: E731
+                              x.shape[:-1])
+    return (x if c == 1 else part(0), None) if c == 1 and False else (part(0), part(1) if c == 2 else None)
+
+
+def _stack_complex(cx, re, im):
+    parts = [_unsqueeze(cx, re, [_rank(re)])]
+    if im is not None:
+        parts.append(_unsqueeze(cx, im, [_rank(im)]))
+    return parts[0] if len(parts) == 1 else cx.op("concat", parts, {"axis": _rank(re)})
+
+
+@conv("DFT")
+def _dft(cx, ins, a):
+    x = _float(ins[0], "DFT")
+    if not x.type.is_static:
+        raise Unsupported("DFT of a dynamic shape")
+    r = _rank(x)
+    if cx.opset >= 20:
+        ax = int(cx.scalar(2, -2))
+    else:
+        ax = a.get("axis", 1)
+    ax = _axis(ax, r)
+    if ax == r - 1:
+        raise ShapeError("DFT: the axis cannot be the last (real/imaginary) dim")
+    inverse, onesided = bool(a.get("inverse", 0)), bool(a.get("onesided", 0))
+    n = int(x.shape[ax])
+    default = 2 * (n - 1) if inverse and onesided else n
+    length = int(cx.scalar(1, default)) if cx.has(1) else default
+    re, im = _complex_parts(cx, x)
+    perm = [d for d in range(r - 1) if d != ax] + [ax]
+    inv = [perm.index(d) for d in range(r - 1)]
+    yr, yi = _dft_last(cx, _permute(cx, re, perm), None if im is None else _permute(cx, im, perm),
+                       length, onesided, inverse)
+    return _stack_complex(cx, _permute(cx, yr, inv), None if yi is None else _permute(cx, yi, inv))
+
+
+@conv("STFT")
+def _stft(cx, ins, a):
+    x = _float(ins[0], "STFT")
+    if not x.type.is_static:
+        raise Unsupported("STFT of a dynamic shape")
+    step = int(cx.scalar(1))
+    window = ins[2] if cx.has(2) else None
+    fl = int(cx.scalar(3)) if cx.has(3) else (int(window.shape[0]) if window is not None else None)
+    if fl is None:
+        raise ShapeError("STFT needs a window or a frame_length")
+    b, n = int(x.shape[0]), int(x.shape[1])
+    frames = 1 + (n - fl) // step
+    if frames < 1 or step < 1:
+        raise ShapeError(f"STFT: frame_length {fl} and step {step} fit no frame in a signal of {n}")
+    idx = (np.arange(frames)[:, None] * step + np.arange(fl)[None, :]).reshape(-1)
+    fr = cx.op("index_select", [x, cx.const_array(idx.astype(np.int64), dtypes.i64)], {"axis": 1})
+    fr = _reshape(cx, fr, (b, frames, fl, x.shape[2]))
+    re, im = _complex_parts(cx, fr)                                        # [b, frames, fl]
+    if window is not None:
+        re = cx.op("mul", [re, window])
+        im = None if im is None else cx.op("mul", [im, window])
+    yr, yi = _dft_last(cx, re, im, fl, bool(a.get("onesided", 1)), False)
+    return _stack_complex(cx, yr, yi)
+
+
+@conv("AffineGrid")
+def _affine_grid(cx, ins, a):
+    theta = _float(ins[0], "AffineGrid")
+    size = cx.ints(1, "size")
+    spatial = [int(s) for s in size[2:]]
+    nd = len(spatial)
+    if nd not in (2, 3) or tuple(theta.shape[1:]) != (nd, nd + 1):
+        raise ShapeError(f"AffineGrid: theta {list(theta.shape)} does not fit size {size}")
+    # the base grid: normalized coordinates of every output point, (x, y[, z], 1) with x
+    # running along the last dim
+    axes = []
+    for d in spatial:
+        if a.get("align_corners", 0):
+            axes.append(np.linspace(-1.0, 1.0, d) if d > 1 else np.zeros(1))
+        else:
+            axes.append((2 * np.arange(d) + 1) / d - 1)
+    mesh = np.meshgrid(*axes, indexing="ij")
+    base = np.stack([m.reshape(-1) for m in reversed(mesh)] + [np.ones(mesh[0].size)], axis=1)
+    N = theta.shape[0]
+    pts = cx.const_array(base.reshape(1, -1, nd + 1).astype(theta.dtype.np), theta.dtype)
+    grid = cx.op("matmul", [pts, _permute(cx, theta, (0, 2, 1))])   # [N, points, nd]
+    return _reshape(cx, grid, (N, *spatial, nd))
