@@ -6,7 +6,8 @@ T copies of its cell. The input projection of all T steps is one GEMM up front
 recurrent GEMM ``H @ R^T`` (constant weights: packed once at compile time) and the gate math.
 
 Covered: forward / reverse / bidirectional, initial states, biases, LSTM peepholes and
-input_forget, GRU linear_before_reset, layout 0 and 1, clip, every activation ONNX lists
+input_forget, GRU linear_before_reset, layout 0 and 1, clip (on the gates, as ONNX Runtime
+does), every activation ONNX lists
 (with activation_alpha / activation_beta consumed in order by the functions that take them),
 and sequence_lens: a step at or past a batch entry's length leaves its state unchanged and
 outputs zeros, which also makes a reverse pass start at that entry's last valid step.
@@ -42,14 +43,17 @@ def _activations(cx, a, kind: str, dirs: int):
     alphas, betas = list(a.get("activation_alpha") or []), list(a.get("activation_beta") or [])
     clip = a.get("clip")
     fns = []
-    for name in names:
+    for k, name in enumerate(names):
         key = name.lower()
         attrs = {}
         if key in _TAKES_ALPHA and alphas:
             attrs["alpha"] = float(alphas.pop(0))
         if key in _TAKES_BETA and betas:
             attrs["beta"] = float(betas.pop(0))
-        fns.append(_activation(cx, key, name, attrs, clip))
+        # clip bounds the gates' pre-activations; LSTM's h(C) gets the cell state unclipped
+        # (as in ONNX Runtime: clip is a bound on the gates, not on the cell)
+        gate = not (kind == "LSTM" and k % per_dir == 2)
+        fns.append(_activation(cx, key, name, attrs, clip if gate else None))
     return [fns[d * per_dir:(d + 1) * per_dir] for d in range(dirs)]
 
 
