@@ -2045,3 +2045,111 @@ def _affine_grid(cx, ins, a):
     pts = cx.const_array(base.reshape(1, -1, nd + 1).astype(theta.dtype.np), theta.dtype)
     grid = cx.op("matmul", [pts, _permute(cx, theta, (0, 2, 1))])   # [N, points, nd]
     return _reshape(cx, grid, (N, *spatial, nd))
+
+
+# ---------------------------------------------------------------- GridSample
+
+def _reflect_into(cx, x, lo, hi):
+    """Fold coordinates outside [lo, hi] back in by reflecting at the borders, as often as
+    needed (GridSample's reflection padding)."""
+    k = lambda v: _c(cx, v, x)  # noqa: E731
+    rng = hi - lo
+    below, above = cx.op("lt", [x, k(lo)]), cx.op("gt", [x, k(hi)])
+    dx = _where(cx, below, cx.op("sub", [k(lo), x]), cx.op("sub", [x, k(hi)]))
+    n = cx.op("floor", [cx.op("div", [dx, k(rng)])])
+    r = cx.op("sub", [dx, cx.op("mul", [n, k(rng)])])
+    even = cx.op("eq", [cx.op("mod", [n, k(2.0)]), k(0.0)])
+    lo_r, hi_r = cx.op("add", [k(lo), r]), cx.op("sub", [k(hi), r])
+    folded = _where(cx, below, _where(cx, even, lo_r, hi_r), _where(cx, even, hi_r, lo_r))
+    return _where(cx, cx.op("logical_or", [below, above]), folded, x)
+
+
+def _keys_cubic(cx, t, A=-0.75):
+    """Weights of taps -1, 0, 1, 2 around a point t in [0, 1) past tap 0 (Keys' cubic)."""
+    k = lambda v: _c(cx, v, t)  # noqa: E731
+    mul, add, sub = (lambda p, q: cx.op("mul", [p, q])), (lambda p, q: cx.op("add", [p, q])), \
+        (lambda p, q: cx.op("sub", [p, q]))
+
+    def far(d):   # 1 <= d < 2
+        return sub(mul(add(mul(sub(mul(k(A), d), k(5 * A)), d), k(8 * A)), d), k(4 * A))
+
+    def near(d):  # d < 1
+        return add(mul(mul(sub(mul(k(A + 2), d), k(A + 3)), d), d), k(1.0))
+    one_t = sub(k(1.0), t)
+    return [far(add(t, k(1.0))), near(t), near(one_t), far(add(one_t, k(1.0)))]
+
+
+@conv("GridSample")
+def _grid_sample(cx, ins, a):
+    X, grid = _float(ins[0], "GridSample"), _float(ins[1], "GridSample")
+    if not (X.type.is_static and grid.type.is_static):
+        raise Unsupported("GridSample over dynamic shapes")
+    nd = _rank(X) - 2
+    if _rank(grid) != nd + 2 or grid.shape[-1] != nd or grid.shape[0] != X.shape[0]:
+        raise ShapeError(f"GridSample: grid {list(grid.shape)} does not fit input {list(X.shape)}")
+    mode = {"bilinear": "linear", "bicubic": "cubic"}.get(a.get("mode", "linear"), a.get("mode", "linear"))
+    pad = a.get("padding_mode", "zeros")
+    if mode not in ("nearest", "linear", "cubic") or pad not in ("zeros", "border", "reflection"):
+        raise Unsupported(f"GridSample mode {mode!r} with padding_mode {pad!r}")
+    align = bool(a.get("align_corners", 0))
+    N, C = int(X.shape[0]), int(X.shape[1])
+    dims = [int(d) for d in X.shape[2:]]
+    out_sp = tuple(int(d) for d in grid.shape[1:-1])
+    g = cx.cast(grid, X.dtype)
+    k = lambda v: _c(cx, v, g)  # noqa: E731
+    per_dim = []  # per spatial dim: [(index as float, weight or None)] over its taps
+    for i, d in enumerate(dims):
+        # the grid's last axis holds (x, y[, z]): x indexes the last spatial dim
+        gi = _reshape(cx, cx.op("slice", [g], {"axis": nd + 1, "start": nd - 1 - i, "end": nd - i}),
+                      (N,) + out_sp)
+        if align:
+            x = cx.op("mul", [cx.op("add", [gi, k(1.0)]), k((d - 1) / 2)])
+        else:
+            x = cx.op("div", [cx.op("sub", [cx.op("mul", [cx.op("add", [gi, k(1.0)]), k(float(d))]),
+                                            k(1.0)]), k(2.0)])
+        if mode == "nearest":
+            x = _round(cx, [x], {})
+        lo, hi = (0.0, d - 1.0) if align else (-0.5, d - 0.5)
+        outside = cx.op("logical_or", [cx.op("lt", [x, k(lo)]), cx.op("gt", [x, k(hi)])])
+        if pad == "border":
+            x = _where(cx, outside, cx.op("clamp", [x], {"min": 0.0, "max": d - 1.0}), x)
+        elif pad == "reflection":
+            x = _reflect_into(cx, x, lo, hi)
+        if mode == "nearest":
+            taps = [(x, None)]
+        else:
+            x0 = cx.op("floor", [x])
+            t = cx.op("sub", [x, x0])
+            if mode == "linear":
+                taps = [(x0, cx.op("sub", [k(1.0), t])), (cx.op("add", [x0, k(1.0)]), t)]
+            else:
+                taps = [(cx.op("add", [x0, k(float(o))]), w) for o, w in zip((-1, 0, 1, 2), _keys_cubic(cx, t))]
+        fixed = []
+        for idx, w in taps:  # where each tap reads, by the padding mode
+            if pad == "zeros":
+                ok = cx.op("logical_and", [cx.op("ge", [idx, k(0.0)]), cx.op("le", [idx, k(d - 1.0)])])
+                w = _where(cx, ok, w if w is not None else k(1.0), k(0.0))
+            elif pad == "reflection":
+                idx = _reflect_into(cx, idx, lo, hi)
+            idx = cx.cast(cx.op("clamp", [idx], {"min": 0.0, "max": d - 1.0}), dtypes.i64)
+            fixed.append((idx, w))
+        per_dim.append(fixed)
+    # every combination of taps: gather rows of X laid out as [N * spatial, C]
+    m = N * int(np.prod(out_sp, dtype=np.int64))
+    xf = _reshape(cx, _permute(cx, X, [0] + list(range(2, nd + 2)) + [1]), (N * int(np.prod(dims)), C))
+    strides = [int(np.prod(dims[i + 1:], dtype=np.int64)) for i in range(nd)]
+    base = _reshape(cx, cx.const_array(np.arange(N, dtype=np.int64) * int(np.prod(dims)), dtypes.i64),
+                    (N,) + (1,) * len(out_sp))
+    acc = None
+    for combo in np.ndindex(*[len(t) for t in per_dim]):
+        flat, w = base, None
+        for i, j in enumerate(combo):
+            idx, wi = per_dim[i][j]
+            flat = cx.op("add", [flat, cx.op("mul", [idx, cx.const(strides[i], dtypes.i64)]) if strides[i] != 1 else idx])
+            if wi is not None:
+                w = wi if w is None else cx.op("mul", [w, wi])
+        v = _reshape(cx, cx.op("index_select", [xf, _reshape(cx, flat, (m,))], {"axis": 0}), (N,) + out_sp + (C,))
+        if w is not None:
+            v = cx.op("mul", [v, _unsqueeze(cx, w, [len(out_sp) + 1])])
+        acc = v if acc is None else cx.op("add", [acc, v])
+    return _permute(cx, acc, [0, len(out_sp) + 1] + list(range(1, len(out_sp) + 1)))
