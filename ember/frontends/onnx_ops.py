@@ -1960,10 +1960,11 @@ def _complex_parts(cx, x):
     c = x.shape[-1]
     if c not in (1, 2):
         raise ShapeError(f"{cx.node.op_type}: the last dim must be 1 (real) or 2 (complex), got {c}")
+    if c == 1:
+        return _reshape(cx, x, x.shape[:-1]), None
     r = _rank(x)
-    part = lambda k: _reshape(cx, cx.op("slice", [x], {"axis": r - 1, "start": k, "end": k + 1}),  # noqa: E731
-                              x.shape[:-1])
-    return (x if c == 1 else part(0), None) if c == 1 and False else (part(0), part(1) if c == 2 else None)
+    re, im = (cx.op("slice", [x], {"axis": r - 1, "start": k, "end": k + 1}) for k in (0, 1))
+    return _reshape(cx, re, x.shape[:-1]), _reshape(cx, im, x.shape[:-1])
 
 
 def _stack_complex(cx, re, im):
@@ -2153,3 +2154,62 @@ def _grid_sample(cx, ins, a):
             v = cx.op("mul", [v, _unsqueeze(cx, w, [len(out_sp) + 1])])
         acc = v if acc is None else cx.op("add", [acc, v])
     return _permute(cx, acc, [0, len(out_sp) + 1] + list(range(1, len(out_sp) + 1)))
+
+
+@conv("Col2Im")
+def _col2im(cx, ins, a):
+    x = _float(ins[0], "Col2Im")
+    image, block = cx.ints(1, "image_shape"), cx.ints(2, "block_shape")
+    nd = len(image)
+    if not x.type.is_static:
+        raise Unsupported("Col2Im with dynamic shapes")
+    if len(block) != nd:
+        raise ShapeError(f"Col2Im: image_shape {image} and block_shape {block} differ in rank")
+    dil = list(a.get("dilations", [1] * nd))
+    strides = list(a.get("strides", [1] * nd))
+    pads = list(a.get("pads", [0] * (2 * nd)))
+    padded = [image[i] + pads[i] + pads[nd + i] for i in range(nd)]
+    blocks = [(padded[i] - dil[i] * (block[i] - 1) - 1) // strides[i] + 1 for i in range(nd)]
+    N, CK, L = (int(d) for d in x.shape)
+    K = int(np.prod(block))
+    if CK % K or L != int(np.prod(blocks)):
+        raise ShapeError(f"Col2Im: input {list(x.shape)} does not fit {blocks} blocks of {block}")
+    # which (kernel offset, block) column lands on which pixel of the padded image is fixed
+    # at compile time: the sum of overlapping columns is a product with a 0/1 matrix
+    P = int(np.prod(padded))
+    hit = np.zeros((K, L, P), dtype=x.dtype.np)
+    for ki, kk in enumerate(np.ndindex(*block)):
+        for li, bb in enumerate(np.ndindex(*blocks)):
+            pos = [bb[i] * strides[i] + kk[i] * dil[i] for i in range(nd)]
+            hit[ki, li, np.ravel_multi_index(pos, padded)] = 1
+    cols = _reshape(cx, x, (N, CK // K, K * L))
+    y = _reshape(cx, cx.op("matmul", [cols, cx.const_array(hit.reshape(K * L, P), x.dtype)]),
+                 (N, CK // K, *padded))
+    for i in range(nd):  # crop the padding
+        if pads[i] or pads[nd + i]:
+            y = cx.op("slice", [y], {"axis": 2 + i, "start": pads[i], "end": pads[i] + image[i]})
+    return y
+
+
+@conv("MelWeightMatrix")
+def _mel_weight_matrix(cx, ins, a):
+    n_mel, n_dft, rate = int(cx.scalar(0)), int(cx.scalar(1)), int(cx.scalar(2))
+    lo, hi = float(cx.scalar(3)), float(cx.scalar(4))
+    # triangular filters between mel-spaced edges, snapped to DFT bins
+    to_mel = lambda f: 2595 * np.log1p(f / 700) / np.log(10)  # noqa: E731
+    edges_mel = to_mel(lo) + np.arange(n_mel + 2) * (to_mel(hi) - to_mel(lo)) / (n_mel + 2)
+    edges_hz = 700 * np.expm1(edges_mel / 2595 * np.log(10))
+    bins = (((n_dft + 1) * edges_hz) // rate).astype(int)
+    w = np.zeros((n_dft // 2 + 1, n_mel))
+    for i in range(n_mel):
+        left, centre, right = bins[i], bins[i + 1], bins[i + 2]
+        if centre == left:
+            w[centre, i] = 1
+        else:
+            j = np.arange(left, centre + 1)
+            w[j, i] = (j - left) / (centre - left)
+        if right > centre:
+            j = np.arange(centre, right)
+            w[j, i] = (right - j) / (right - centre)
+    dt = onnx_dtype(a.get("output_datatype", 1))
+    return cx.const_array(w.astype(dt.np), dt)
