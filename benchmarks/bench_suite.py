@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ember  # noqa: E402
 from ember.backends.cpu.toolchain import find_compiler  # noqa: E402
+from ember.ir.cost import flops  # noqa: E402
 from ember.runtime import target  # noqa: E402
 from ember.timing import fmt_time, measure  # noqa: E402
 
@@ -189,6 +190,8 @@ def bench_model(name, build, args, budget):
     t0 = time.perf_counter()
     compiled = ember.compile(model, inputs)
     notes["ember compile"] = time.perf_counter() - t0
+    env = compiled.native.bind([tuple(i.shape) for i in inputs])
+    gflop = flops(compiled.graph, env) / 1e9
     contenders["ember"] = lambda: compiled(*inputs)
     if not args.no_inductor and budget["inductor"] > 0:
         try:
@@ -226,7 +229,7 @@ def bench_model(name, build, args, budget):
               f"{v['runs']} runs, max abs err {errs.get(k, float('nan')):.1e})", flush=True)
     for k, e in errors.items():
         print(f"  {k:14s} FAILED {e}", flush=True)
-    return {"time": t, "errors": errors, "err": errs, "notes": notes}
+    return {"time": t, "errors": errors, "err": errs, "notes": notes, "gflop": gflop}
 
 
 # ---------------------------------------------------------------------------- GEMM and peak
@@ -318,8 +321,11 @@ def write_report(results, gemm_rows, peak, args, wall):
              f"allow_spinning=0). The machine is shared: load average {args.load_before} at the start, "
              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end (on {os.cpu_count()} cores); "
              f"wall time {wall / 60:.1f} min.", "",
-             "| model | " + " | ".join(CONTENDERS) + " | ember vs eager | ember vs best other | ember max abs err |",
-             "|---|" + "---|" * (len(CONTENDERS) + 3)]
+             "| model | " + " | ".join(CONTENDERS) + " | ember vs eager | ember vs best other | "
+             "ember GFLOP/s (of peak) | ember max abs err |",
+             "|---|" + "---|" * (len(CONTENDERS) + 4)]
+    top = max(peak.values()) if peak else None
+    best_ratios = []
     for name, r in results.items():
         t = r["time"]
         cells = []
@@ -332,9 +338,18 @@ def write_report(results, gemm_rows, peak, args, wall):
         others = [t[c]["median"] for c in CONTENDERS if c != "ember" and c in t]
         vs_eager = f"{t['torch eager']['median'] / e:.2f}x" if e else "—"
         vs_best = f"{min(others) / e:.2f}x" if e and others else "—"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {vs_eager} | {vs_best} | "
+        if e and others:
+            best_ratios.append(min(others) / e)
+        rate = r.get("gflop", 0) / e if e else 0
+        of_peak = f"{rate:.1f}" + (f" ({rate / top:.0%})" if top else "") if rate >= 0.05 else "—"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {vs_eager} | {vs_best} | {of_peak} | "
                      f"{r['err'].get('ember', float('nan')):.1e} |")
     lines += ["", "Ratios are time(other) / time(ember): above 1 means Ember is faster."]
+    if best_ratios:
+        geo = float(np.exp(np.mean(np.log(best_ratios))))
+        lines += [f"Geometric mean of ember vs best other over {len(best_ratios)} models: **{geo:.2f}x**."]
+    lines += ["GFLOP/s counts the GEMM-like ops (matmul, linear, conv, attention; ember/ir/cost.py) "
+              "over Ember's median time; the peak is the all-threads FMA peak below."]
     notes = [(n, r) for n, r in results.items() if r["errors"]]
     if notes:
         lines += ["", "Failures:", ""]
