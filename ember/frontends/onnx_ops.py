@@ -2213,3 +2213,70 @@ def _mel_weight_matrix(cx, ins, a):
             w[j, i] = (right - j) / (right - centre)
     dt = onnx_dtype(a.get("output_datatype", 1))
     return cx.const_array(w.astype(dt.np), dt)
+
+
+@conv("RoiAlign")
+def _roi_align(cx, ins, a):
+    X, rois, bidx = _float(ins[0], "RoiAlign"), ins[1], ins[2]
+    if not (X.type.is_static and rois.type.is_static):
+        raise Unsupported("RoiAlign over dynamic shapes")
+    ratio = a.get("sampling_ratio", 0)
+    if ratio <= 0:
+        raise Unsupported("RoiAlign with sampling_ratio=0 (the sampling grid would depend on "
+                          "the box sizes, known only at run time)")
+    N, C, H, W = (int(d) for d in X.shape)
+    R = int(rois.shape[0])
+    oh, ow = a.get("output_height", 1), a.get("output_width", 1)
+    half = a.get("coordinate_transformation_mode", "half_pixel") == "half_pixel"
+    scale = a.get("spatial_scale", 1.0)
+    rois = cx.cast(rois, X.dtype)
+    k = lambda v: _c(cx, v, X)  # noqa: E731
+    col = lambda j: cx.op("slice", [rois], {"axis": 1, "start": j, "end": j + 1})  # noqa: E731
+
+    def axis_taps(j, pooled, length):
+        """Per box, bin and sample along one axis: the two neighbour pixels and weights."""
+        start = cx.op("sub", [cx.op("mul", [col(j), k(scale)]), k(0.5 if half else 0.0)])
+        end = cx.op("sub", [cx.op("mul", [col(j + 2), k(scale)]), k(0.5 if half else 0.0)])
+        size = cx.op("sub", [end, start])
+        if not half:
+            size = cx.op("maximum", [size, k(1.0)])
+        step = cx.op("div", [size, k(float(pooled))])                        # [R, 1]
+        # sample i of bin p sits at start + step * (p + (i + 0.5) / ratio)
+        frac = (np.arange(pooled)[:, None] + (np.arange(ratio)[None, :] + 0.5) / ratio).reshape(1, -1)
+        c = cx.op("add", [start, cx.op("mul", [step, cx.const_array(frac.astype(X.dtype.np), X.dtype)])])
+        valid = cx.op("logical_and", [cx.op("ge", [c, k(-1.0)]), cx.op("le", [c, k(float(length))])])
+        c = cx.op("maximum", [c, k(0.0)])
+        low = cx.op("floor", [c])
+        at_end = cx.op("ge", [low, k(length - 1.0)])
+        low = _where(cx, at_end, k(length - 1.0), low)
+        high = _where(cx, at_end, low, cx.op("add", [low, k(1.0)]))
+        lf = cx.op("sub", [_where(cx, at_end, low, c), low])
+        zero = k(0.0)
+        w_low = _where(cx, valid, cx.op("sub", [k(1.0), lf]), zero)
+        w_high = _where(cx, valid, lf, zero)
+        as_idx = lambda v: _reshape(cx, cx.cast(v, dtypes.i64), (R, pooled, ratio))  # noqa: E731
+        as_w = lambda v: _reshape(cx, v, (R, pooled, ratio))  # noqa: E731
+        return [(as_idx(low), as_w(w_low)), (as_idx(high), as_w(w_high))]
+
+    ys, xs = axis_taps(1, oh, H), axis_taps(0, ow, W)
+    xf = _reshape(cx, _permute(cx, X, (0, 2, 3, 1)), (N * H * W, C))
+    boff = _reshape(cx, cx.op("mul", [cx.cast(bidx, dtypes.i64), cx.const(H * W, dtypes.i64)]), (R, 1, 1, 1, 1))
+    m = R * oh * ratio * ow * ratio
+    mode = a.get("mode", "avg")
+    acc = None
+    for yi, wy in ys:
+        for xi, wx in xs:
+            yv, wyv = _reshape(cx, yi, (R, oh, ratio, 1, 1)), _reshape(cx, wy, (R, oh, ratio, 1, 1))
+            xv, wxv = _reshape(cx, xi, (R, 1, 1, ow, ratio)), _reshape(cx, wx, (R, 1, 1, ow, ratio))
+            idx = cx.op("add", [cx.op("add", [boff, cx.op("mul", [yv, cx.const(W, dtypes.i64)])]), xv])
+            v = _reshape(cx, cx.op("index_select", [xf, _reshape(cx, idx, (m,))], {"axis": 0}),
+                         (R, oh, ratio, ow, ratio, C))
+            v = cx.op("mul", [v, _unsqueeze(cx, cx.op("mul", [wyv, wxv]), [5])])
+            acc = v if acc is None else cx.op("add" if mode == "avg" else "maximum", [acc, v])
+    if mode == "avg":
+        y = cx.op("div", [cx.op("sum", [acc], {"axes": (2, 4), "keepdims": False}), k(float(ratio * ratio))])
+    elif mode == "max":  # the largest weighted corner over the samples (as the reference does)
+        y = cx.op("max", [acc], {"axes": (2, 4), "keepdims": False})
+    else:
+        raise Unsupported(f"RoiAlign mode {mode!r}")
+    return _permute(cx, y, (0, 3, 1, 2))
