@@ -2280,3 +2280,60 @@ def _roi_align(cx, ins, a):
     else:
         raise Unsupported(f"RoiAlign mode {mode!r}")
     return _permute(cx, y, (0, 3, 1, 2))
+
+
+@conv("LinearAttention")
+def _linear_attention(cx, ins, a):
+    q, k, v, past, decay, beta = (ins[i] if cx.has(i) else None for i in range(6))
+    rule = a.get("update_rule", "gated_delta")
+    gated, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+    if rule not in ("linear", "gated", "delta", "gated_delta"):
+        raise ShapeError(f"LinearAttention update_rule {rule!r} is not linear/gated/delta/gated_delta")
+    if gated != (decay is not None) or delta != (beta is not None):
+        raise ShapeError(f"LinearAttention {rule!r}: decay is {'required' if gated else 'not allowed'}, "
+                         f"beta is {'required' if delta else 'not allowed'}")
+    hq, hkv = a["q_num_heads"], a["kv_num_heads"]
+    if hq <= 0 or hkv <= 0 or hq % hkv:
+        raise ShapeError(f"LinearAttention: q_num_heads {hq} is not a multiple of kv_num_heads {hkv}")
+    if not all(x.type.is_static for x in (q, k, v)):
+        raise Unsupported("LinearAttention over dynamic shapes (the recurrence is unrolled)")
+    B, T = int(q.shape[0]), int(q.shape[1])
+    dk, dv = int(q.shape[2]) // hq, int(v.shape[2]) // hkv
+    f32 = dtypes.f32
+
+    def heads(x, h):  # [B, T, h*D] -> [B, h, T, D] in f32
+        return _permute(cx, _reshape(cx, cx.cast(x, f32), (B, T, h, int(x.shape[2]) // h)), (0, 2, 1, 3))
+
+    def step(x, t):   # [B, h, T, D] -> [B, h, 1, D]
+        return cx.op("slice", [x], {"axis": 2, "start": t, "end": t + 1})
+
+    q4, k4, v4 = heads(q, hq), heads(k, hkv), heads(v, hkv)
+    if decay is not None:
+        last = int(decay.shape[2])
+        if last not in (hkv, hkv * dk):
+            raise ShapeError(f"LinearAttention: decay's last dim {last} is neither {hkv} nor {hkv * dk}")
+        g4 = heads(decay, hkv)                                  # [B, hkv, T, 1 or dk]
+    if beta is not None:
+        b4 = heads(beta, int(beta.shape[2]))                    # [B, hkv or 1, T, 1]
+    state = cx.cast(past, f32) if past is not None else cx.op(
+        "full", [], {"shape": (B, hkv, dk, dv), "value": 0.0, "dtype": f32})
+    scale = a.get("scale", 0.0) or 1.0 / math.sqrt(dk)
+    group = hq // hkv
+    outs = []
+    # the recurrence, unrolled over the (static) sequence: each step is a few small matmuls
+    for t in range(T):
+        kt, vt = step(k4, t), step(v4, t)                       # [B, hkv, 1, dk|dv]
+        if gated:
+            gt = step(g4, t)
+            state = cx.op("mul", [state, _reshape(cx, cx.op("exp", [gt]), (B, hkv, int(gt.shape[3]), 1))])
+        if delta:
+            vt = cx.op("mul", [step(b4, t), cx.op("sub", [vt, cx.op("matmul", [kt, state])])])
+        state = cx.op("add", [state, cx.op("mul", [_reshape(cx, kt, (B, hkv, dk, 1)), vt])])
+        read = state
+        if group > 1:  # each kv head's state serves `group` query heads
+            read = _reshape(cx, cx.op("expand", [_reshape(cx, state, (B, hkv, 1, dk, dv))],
+                                      {"shape": (B, hkv, group, dk, dv)}), (B, hq, dk, dv))
+        outs.append(cx.op("mul", [cx.op("matmul", [step(q4, t), read]), _c(cx, scale, read)]))
+    o = outs[0] if T == 1 else cx.op("concat", outs, {"axis": 2})   # [B, hq, T, dv]
+    o = _reshape(cx, _permute(cx, o, (0, 2, 1, 3)), (B, T, hq * dv))
+    return [cx.cast(o, q.dtype), cx.cast(state, past.dtype if past is not None else q.dtype)]
