@@ -2337,3 +2337,82 @@ def _linear_attention(cx, ins, a):
     o = outs[0] if T == 1 else cx.op("concat", outs, {"axis": 2})   # [B, hq, T, dv]
     o = _reshape(cx, _permute(cx, o, (0, 2, 1, 3)), (B, T, hq * dv))
     return [cx.cast(o, q.dtype), cx.cast(state, past.dtype if past is not None else q.dtype)]
+
+
+# ---------------------------------------------------------------- pooling of any rank
+#
+# Max and sum over a box are separable: pool along one spatial axis at a time, each a few
+# strided slices combined elementwise. An average divides by the count of the window's
+# taps that count, which is the product of per-axis counts (the window is a box). This
+# covers what the 2-D pooling ops lack: 3-D windows and dilated averages.
+
+def _pool_nd(cx, x, kind, a):
+    nd = _rank(x) - 2
+    if not x.type.is_static:
+        raise Unsupported(f"{nd}-D pooling over dynamic shapes")
+    kernel = list(a["kernel_shape"])
+    strides = list(a.get("strides", [1] * nd))
+    dil = list(a.get("dilations", [1] * nd))
+    ceil = bool(a.get("ceil_mode", 0))
+    include = bool(a.get("count_include_pad", 0))
+    pb, pe = _spatial_pads(cx, a, x.shape[2:], kernel, strides, dil)
+    from ..ir.ops.nn import conv_out
+    if kind == "max" and not x.dtype.is_float:
+        x = cx.cast(x, dtypes.f32)  # exact for the narrow integers pooling meets
+    fill = -math.inf if kind == "max" else 0.0
+    count = np.ones([1] * (nd + 2))
+    for i in range(nd):
+        ax, n, k, s, d = 2 + i, int(x.shape[2 + i]), kernel[i], strides[i], dil[i]
+        out = conv_out(n, k, s, pb[i], pe[i], d, ceil)
+        need = (out - 1) * s + (k - 1) * d + 1          # padded length the taps reach
+        right = max(need - n - pb[i], 0)
+        pads = [0] * (2 * _rank(x))
+        pads[2 * ax], pads[2 * ax + 1] = pb[i], right
+        xp = cx.op("pad", [x], {"pads": tuple(pads), "value": fill}) if pb[i] or right else x
+        acc = None
+        for j in range(k):
+            tap = cx.op("slice", [xp], {"axis": ax, "start": j * d, "end": j * d + (out - 1) * s + 1, "step": s})
+            acc = tap if acc is None else cx.op("maximum" if kind == "max" else "add", [acc, tap])
+        x = acc
+        pos = np.arange(out)[:, None] * s - pb[i] + np.arange(k)[None, :] * d
+        lo, hi = (-pb[i], n + pe[i]) if include else (0, n)
+        shape = [1] * (nd + 2)
+        shape[ax] = out
+        count = count * ((pos >= lo) & (pos < hi)).sum(axis=1).reshape(shape)
+    if kind == "max":
+        return x
+    return x, count
+
+
+def _pool_any(kind):
+    base = _pool(kind) if kind == "avg" else None
+
+    def f(cx, ins, a):
+        x = ins[0]
+        nd = _rank(x) - 2
+        dilated = any(d != 1 for d in a.get("dilations", [1] * nd))
+        if nd in (1, 2) and not (kind == "avg" and dilated):
+            return base(cx, ins, a) if base else _max_pool(cx, ins, a)
+        if len([o for o in cx.node.output if o]) > 1:
+            raise Unsupported("MaxPool's Indices output (only 2-D)")
+        if kind == "max":
+            return cx.cast(_pool_nd(cx, x, "max", a), x.dtype)
+        s, count = _pool_nd(cx, _float(x, "AveragePool"), "sum", a)
+        return cx.op("div", [s, cx.const_array(count.astype(x.dtype.np), x.dtype)])
+    return f
+
+
+CONVERTERS["MaxPool"] = _pool_any("max")
+CONVERTERS["AveragePool"] = _pool_any("avg")
+_lp_pool_2d = CONVERTERS["LpPool"]
+
+
+@conv("LpPool")
+def _lp_pool_any(cx, ins, a):
+    x = ins[0]
+    if _rank(x) - 2 in (1, 2):
+        return _lp_pool_2d(cx, ins, a)
+    p = a.get("p", 2)
+    xp = cx.op("mul", [x, x]) if p == 2 else cx.op("pow", [cx.op("abs", [x]), _c(cx, float(p), x)])
+    s, _ = _pool_nd(cx, _float(xp, "LpPool"), "sum", {**a, "count_include_pad": 1})
+    return cx.op("sqrt", [s]) if p == 2 else cx.op("pow", [s, _c(cx, 1.0 / p, s)])
