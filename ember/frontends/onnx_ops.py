@@ -217,10 +217,12 @@ def _identity(cx, ins, a):
 
 @conv("Dropout")
 def _dropout(cx, ins, a):
-    # inference: identity; the optional mask output is all ones (nothing dropped)
-    training = cx.has(2) and (cx.const_value(2) is None or bool(np.asarray(cx.const_value(2))))
-    if training and not (cx.has(1) and cx.const_value(1) is not None
-                         and float(np.asarray(cx.const_value(1))) == 0.0):
+    # inference (or a ratio of 0): identity; the optional mask output is all ones (nothing
+    # dropped). The training flag and the ratio, when they are inputs, are compile-time facts
+    # (cx.scalar asks for their values).
+    training = bool(cx.scalar(2, False)) if cx.has(2) else False
+    ratio = float(cx.scalar(1, 0.5)) if cx.has(1) else 0.5
+    if training and ratio != 0.0:
         raise Unsupported("Dropout in training mode (training_mode=True, ratio > 0)")
     x = ins[0]
     mask = cx.op("full", [], {"shape": tuple(x.shape), "value": 1.0, "dtype": dtypes.bool_})
@@ -1043,9 +1045,9 @@ def _mvn(cx, ins, a):
 
 @conv("BatchNormalization")
 def _batch_norm(cx, ins, a):
-    if a.get("training_mode", 0) or len([o for o in cx.node.output if o]) > 1:
-        raise Unsupported("BatchNormalization in training mode (running statistics outputs)")
     x, s, b, mean, var = ins[:5]
+    if a.get("training_mode", 0) or len([o for o in cx.node.output if o]) > 1:
+        return _batch_norm_training(cx, x, s, b, mean, var, a)
     if _rank(x) < 2:
         raise Unsupported("BatchNormalization of a rank-1 input")
     return cx.op("batch_norm", [x, mean, var, s, b], {"eps": a.get("epsilon", 1e-5)})
@@ -2416,3 +2418,21 @@ def _lp_pool_any(cx, ins, a):
     xp = cx.op("mul", [x, x]) if p == 2 else cx.op("pow", [cx.op("abs", [x]), _c(cx, float(p), x)])
     s, _ = _pool_nd(cx, _float(xp, "LpPool"), "sum", {**a, "count_include_pad": 1})
     return cx.op("sqrt", [s]) if p == 2 else cx.op("pow", [s, _c(cx, 1.0 / p, s)])
+
+
+def _batch_norm_training(cx, x, s, b, mean, var, a):
+    """BatchNormalization with training_mode=1: normalize with the batch's own statistics
+    (biased variance) and blend them into the running ones by ``momentum``."""
+    x = _float(x, "BatchNormalization")
+    if cx.opset < 14:
+        raise Unsupported("BatchNormalization training outputs before opset 14")
+    axes = [0] + list(range(2, _rank(x)))
+    bm, d, bv = _moments(cx, x, axes)                      # kept dims: [1, C, 1, ...]
+    shape = (1, x.shape[1]) + (1,) * (_rank(x) - 2)
+    inv = cx.op("rsqrt", [cx.op("add", [bv, _c(cx, a.get("epsilon", 1e-5), x)])])
+    y = cx.op("add", [cx.op("mul", [cx.op("mul", [d, inv]), _reshape(cx, s, shape)]), _reshape(cx, b, shape)])
+    mom = a.get("momentum", 0.9)
+    flat = lambda v: _reshape(cx, v, (x.shape[1],))  # noqa: E731
+    blend = lambda run, cur: cx.op("add", [cx.op("mul", [run, _c(cx, mom, run)]),  # noqa: E731
+                                           cx.op("mul", [flat(cur), _c(cx, 1.0 - mom, run)])])
+    return [y, blend(mean, bm), blend(var, bv)]

@@ -37,8 +37,8 @@ EXCLUDE: list[tuple[str, str]] = [
     (r"linear_attention.*_expanded", "LinearAttention's expanded form is defined with Scan (control flow)"),
     (r"flexattention(?!.*_expanded_ver26)", "FlexAttention (ai.onnx.preview) takes subgraph attributes"),
     # -- training, randomness, data-dependent shapes
-    (r"training|adagrad|adam|momentum|^test_bernoulli|^test_random",
-     "training-mode ops, optimizers and random number generators (inference only)"),
+    (r"^test_training_dropout(?!_zero_ratio)|adagrad|adam|momentum|^test_bernoulli|^test_random",
+     "random dropout, optimizers and random number generators (inference only)"),
     (r"nonzero|unique|compress|nonmaxsuppression",
      "outputs whose shape depends on the data (Ember compiles shapes ahead of time)"),
     (r"empty_set(?!_non_reduced)|empty_tensor|empty_string|slice_start_out_of_bounds|kernel_size_one",
