@@ -12,7 +12,7 @@ from ..ir.symbolic import parse_dim, to_c
 
 _C_TYPES = {"f64": "double", "f32": "float", "f16": "uint16_t", "bf16": "uint16_t",
             "i64": "int64_t", "i32": "int32_t", "i16": "int16_t", "i8": "int8_t",
-            "u8": "uint8_t", "bool": "bool"}
+            "u64": "uint64_t", "u32": "uint32_t", "u16": "uint16_t", "u8": "uint8_t", "bool": "bool"}
 
 _LOADER = r"""
 /* Read a weights.safetensors file whole and point consts[k] at constant k (the order

@@ -92,3 +92,13 @@ def test_unsigned_arithmetic_wraps_like_numpy(dt):
     for k, (a, b) in enumerate(zip(got, want)):
         assert a.dtype == b.dtype, k
         np.testing.assert_array_equal(a, b, err_msg=f"output {k}")
+
+
+@pytest.mark.parametrize("dt", [dtypes.u16, dtypes.u32, dtypes.u64])
+def test_unsigned_model_saves_and_loads(tmp_path, dt):
+    g = _graph(lambda g, x: g.op("add", [x, g.add_const(np.arange(3).astype(dt.np), "c")]),
+               [TensorType(dt, (N, 3))])
+    ember_compile(g).save(tmp_path / "m.ember")
+    from ember.api import load
+    x = np.full((2, 3), np.iinfo(dt.np).max, dt.np)
+    np.testing.assert_array_equal(load(tmp_path / "m.ember")(x), x + np.arange(3).astype(dt.np))
