@@ -1148,14 +1148,26 @@ def _conv(cx, ins, a):
 def _conv_transpose(cx, ins, a):
     x, w, b = ins[0], ins[1], ins[2]
     nd = _rank(x) - 2
-    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or "output_shape" in a:
-        raise Unsupported("ConvTranspose with auto_pad SAME or output_shape")
     g = a.get("group", 1)
     kernel = list(a.get("kernel_shape") or w.shape[2:])
     strides = list(a.get("strides", [1] * nd))
     dil = list(a.get("dilations", [1] * nd))
-    pads = list(a.get("pads", [0] * (2 * nd)))
     opad = list(a.get("output_padding", [0] * nd))
+    auto = a.get("auto_pad", "NOTSET")
+    if "pads" in a or auto == "VALID" or (auto == "NOTSET" and "output_shape" not in a):
+        pads = list(a.get("pads", [0] * (2 * nd)))
+    else:
+        # the pads that give the requested output size (auto_pad SAME: input * stride);
+        # the odd unit of padding goes to the end for SAME_UPPER, else to the start
+        if not all(isinstance(d, int) for d in x.shape[2:]):
+            raise Unsupported("ConvTranspose with output_shape or auto_pad SAME on dynamic dims")
+        want = list(a["output_shape"])[-nd:] if "output_shape" in a else \
+            [x.shape[2 + i] * strides[i] for i in range(nd)]
+        total = [strides[i] * (x.shape[2 + i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 - want[i]
+                 for i in range(nd)]
+        upper = auto == "SAME_UPPER"
+        pads = [t // 2 if upper else t - t // 2 for t in total] + \
+               [t - t // 2 if upper else t // 2 for t in total]
     x2, w2 = _to_2d(cx, x, nd), _to_2d(cx, w, nd)
     if nd == 1:
         kernel, strides, dil, pads, opad = [1] + kernel, [1] + strides, [1] + dil, [0, pads[0], 0, pads[1]], [0] + opad
