@@ -110,6 +110,23 @@ def cast_value(x: str, dt) -> str:
     return f"(({compute_type(dt)}){x})"
 
 
+def check_bf16_kernels(prog: Program) -> None:
+    """Refuse bf16 buffers in GEMM and Template kernels with a clear error: their printers
+    read elements directly, and bf16 must be converted on every load (see BF16_C).
+    TODO(lowering): cast bf16 operands to f32 before emitting these kernels."""
+    for k in prog.kernels:
+        if isinstance(k, Matmul):
+            bufs = [k.a.buf, k.b.buf, k.out]
+        elif isinstance(k, Template):
+            bufs = list(k.inputs()) + [k.out]
+        else:
+            continue
+        if any(getattr(b, "dtype", None) is dtypes.bf16 for b in bufs):
+            raise EmberError(f"kernel {k.name} ({type(k).__name__}): bf16 matmul, convolution and "
+                             f"attention are not supported by the CPU backend yet (bf16 elementwise "
+                             f"ops, reductions and casts are); cast the model to float32 first")
+
+
 def c_sym(name: str) -> str:
     return f"s_{name}"
 
@@ -569,6 +586,7 @@ def _c_buffer_name(b: Buffer) -> str:
 
 def generate(prog: Program, plan=None) -> str:
     """The C source for ``prog`` (``plan``: a MemoryPlan sharing workspace between temps)."""
+    check_bf16_kernels(prog)
     kp = KernelPrinter(prog.symbols)
     calls = []
     for k in prog.kernels:

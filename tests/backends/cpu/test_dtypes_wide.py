@@ -102,3 +102,11 @@ def test_unsigned_model_saves_and_loads(tmp_path, dt):
     from ember.api import load
     x = np.full((2, 3), np.iinfo(dt.np).max, dt.np)
     np.testing.assert_array_equal(load(tmp_path / "m.ember")(x), x + np.arange(3).astype(dt.np))
+
+
+def test_bf16_matmul_is_refused_clearly():
+    from ember.errors import EmberError
+    g = _graph(lambda g, x: g.op("matmul", [x, g.add_const(np.ones((3, 4), BF16), "w")]),
+               [TensorType(dtypes.bf16, (2, 3))])
+    with pytest.raises(EmberError, match="bf16 matmul.*cast the model to float32"):
+        ember_compile(g)
