@@ -128,7 +128,8 @@ class CompiledModel:
             if outs is not None:
                 return outs[0] if len(outs) == 1 else tuple(outs)
         vals = self._gather(args, kwargs) if kwargs or len(args) != len(self.input_names) else args
-        if any(type(v).__module__ == "torch" for v in vals):
+        if vals and type(vals[0]).__module__ == "torch" or \
+                any(type(v).__module__ == "torch" for v in vals):
             outs = self.native.run_torch(vals)
             if self._out_spec is not None and not self._out_spec.is_leaf():
                 from torch.utils import _pytree
