@@ -2448,3 +2448,79 @@ def _batch_norm_training(cx, x, s, b, mean, var, a):
     blend = lambda run, cur: cx.op("add", [cx.op("mul", [run, _c(cx, mom, run)]),  # noqa: E731
                                            cx.op("mul", [flat(cur), _c(cx, 1.0 - mom, run)])])
     return [y, blend(mean, bm), blend(var, bv)]
+
+
+@conv("DeformConv")
+def _deform_conv(cx, ins, a):
+    X, Wt, off = _float(ins[0], "DeformConv"), ins[1], ins[2]
+    B = ins[3] if cx.has(3) else None
+    mask = ins[4] if cx.has(4) else None
+    if _rank(X) != 4:
+        raise Unsupported(f"DeformConv of rank {_rank(X)} (only 2-D)")
+    if not all(v.type.is_static for v in (X, Wt, off)):
+        raise Unsupported("DeformConv over dynamic shapes")
+    N, C, H, W = (int(d) for d in X.shape)
+    OC, cpg, kh, kw = (int(d) for d in Wt.shape)
+    oh, ow = int(off.shape[2]), int(off.shape[3])
+    G, groups = a.get("offset_group", 1), a.get("group", 1)
+    sh, sw = a.get("strides", [1, 1])
+    dh, dw = a.get("dilations", [1, 1])
+    pads = a.get("pads", [0, 0, 0, 0])
+    if C != cpg * groups or C % G or int(off.shape[1]) != G * kh * kw * 2:
+        raise ShapeError(f"DeformConv: X {list(X.shape)}, W {list(Wt.shape)} and offset "
+                         f"{list(off.shape)} do not fit group={groups}, offset_group={G}")
+    K, O = kh * kw, oh * ow
+    k = lambda v: _c(cx, v, X)  # noqa: E731
+    off = _reshape(cx, cx.cast(off, X.dtype), (N, G, kh, kw, 2, oh, ow))
+    if mask is not None:
+        mask = _reshape(cx, cx.cast(mask, X.dtype), (N, G, kh, kw, oh, ow))
+    # where tap (i, j) of output (p, q) reads before its offset
+    y0 = (np.arange(kh)[:, None] * dh + np.arange(oh)[None, :] * sh - pads[0]).reshape(1, kh, 1, oh, 1)
+    x0 = (np.arange(kw)[:, None] * dw + np.arange(ow)[None, :] * sw - pads[1]).reshape(1, 1, kw, 1, ow)
+    cg = C // G
+    xf = _reshape(cx, _permute(cx, X, (0, 2, 3, 1)), (N * H * W, C))
+    base = _reshape(cx, cx.const_array(np.arange(N, dtype=np.int64) * H * W, dtypes.i64), (N, 1, 1, 1, 1))
+    cols = []
+    for g in range(G):
+        og = lambda c: _reshape(cx, cx.op("slice", [cx.op("slice", [off], {"axis": 1, "start": g, "end": g + 1})],  # noqa: E731
+                                                   {"axis": 4, "start": c, "end": c + 1}), (N, kh, kw, oh, ow))
+        taps = []
+        for c0, length, pos in ((0, H, y0), (1, W, x0)):  # bilinear taps along y, then x
+            coord = cx.op("add", [og(c0), cx.const_array(pos.astype(X.dtype.np), X.dtype)])
+            lo = cx.op("floor", [coord])
+            t = cx.op("sub", [coord, lo])
+            axis = []
+            for idx, wgt in ((lo, cx.op("sub", [k(1.0), t])), (cx.op("add", [lo, k(1.0)]), t)):
+                ok = cx.op("logical_and", [cx.op("ge", [idx, k(0.0)]), cx.op("le", [idx, k(length - 1.0)])])
+                axis.append((cx.cast(cx.op("clamp", [idx], {"min": 0.0, "max": length - 1.0}), dtypes.i64),
+                             _where(cx, ok, wgt, k(0.0))))
+            taps.append(axis)
+        xg = cx.op("slice", [xf], {"axis": 1, "start": g * cg, "end": (g + 1) * cg}) if G > 1 else xf
+        acc = None
+        for yi, wy in taps[0]:
+            for xi, wx in taps[1]:
+                flat = cx.op("add", [cx.op("add", [base, cx.op("mul", [yi, cx.const(W, dtypes.i64)])]), xi])
+                v = _reshape(cx, cx.op("index_select", [xg, _reshape(cx, flat, (N * K * O,))], {"axis": 0}),
+                             (N, kh, kw, oh, ow, cg))
+                wgt = cx.op("mul", [wy, wx])
+                if mask is not None:
+                    wgt = cx.op("mul", [wgt, _reshape(cx, cx.op("slice", [mask], {"axis": 1, "start": g, "end": g + 1}),
+                                                      (N, kh, kw, oh, ow))])
+                v = cx.op("mul", [v, _unsqueeze(cx, wgt, [5])])
+                acc = v if acc is None else cx.op("add", [acc, v])
+        cols.append(acc)                                               # [N, kh, kw, oh, ow, cg]
+    cols = cols[0] if G == 1 else cx.op("concat", cols, {"axis": 5})   # [N, kh, kw, oh, ow, C]
+    cols = _reshape(cx, _permute(cx, cols, (0, 3, 4, 5, 1, 2)), (N, O, C * K))
+    # the convolution proper: per group, the sampled columns times the flattened kernel
+    ocg = OC // groups
+    outs = []
+    for gi in range(groups):
+        cg_cols = cols if groups == 1 else cx.op("slice", [cols], {"axis": 2, "start": gi * cpg * K,
+                                                                   "end": (gi + 1) * cpg * K})
+        wg = Wt if groups == 1 else cx.op("slice", [Wt], {"axis": 0, "start": gi * ocg, "end": (gi + 1) * ocg})
+        wm = _permute(cx, _reshape(cx, wg, (ocg, cpg * K)), (1, 0))
+        outs.append(cx.op("matmul", [cg_cols, wm]))                   # [N, O, ocg]
+    y = outs[0] if groups == 1 else cx.op("concat", outs, {"axis": 2})
+    if B is not None:
+        y = cx.op("add", [y, B])
+    return _reshape(cx, _permute(cx, y, (0, 2, 1)), (N, OC, oh, ow))

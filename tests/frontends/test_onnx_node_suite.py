@@ -44,7 +44,6 @@ EXCLUDE: list[tuple[str, str]] = [
     (r"empty_set(?!_non_reduced)|empty_tensor|empty_string|slice_start_out_of_bounds|kernel_size_one",
      "zero-size tensors (Ember buffers are never empty)"),
     # -- ops Ember does not support yet (each would need a new IR op or a large composition)
-    (r"deform_conv", "DeformConv: not yet"),
     (r"affine_grid_.*_expanded", "AffineGrid's expanded form branches with If (control flow)"),
     (r"^test_dft_inverse(_opset19)?_cpu", "inverse DFT whose exact outputs are 0: the expected values "
      "carry numpy's float32 FFT rounding (~2e-7), beyond the suite's atol=1e-7"),
