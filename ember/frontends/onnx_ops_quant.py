@@ -81,6 +81,13 @@ def _quant_axis(x, s, a) -> int:
     return 0 if _is_scalar(s) and not -_rank(x) <= ax < _rank(x) else _axis(ax, _rank(x))
 
 
+def _ir_params_ok(x, s, z, axis) -> bool:
+    """Whether the IR's quantize/dequantize ops take this scale and zero point as they are:
+    a scalar or a vector along ``axis``, and a zero point of the scale's shape."""
+    ok = _rank(s) == 0 or (_rank(s) == 1 and s.shape[0] in (1, x.shape[axis]))
+    return ok and (z is None or tuple(z.shape) == tuple(s.shape))
+
+
 def _zero_point(cx, z, like_scale, dt):
     return z if z is not None else cx.const_array(np.zeros(like_scale.shape, dt.np), dt)
 
@@ -100,9 +107,9 @@ def _quantize_linear(cx, ins, a):
         dt = z.dtype
     else:
         dt = onnx_dtype(a["output_dtype"]) if a.get("output_dtype") else dtypes.u8
-    lo, hi = _int_range(dt)
+    _int_range(dt)  # integer targets only
     axis, block = _quant_axis(x, s, a), a.get("block_size", 0)
-    per_axis_ok = _rank(s) == 0 or (_rank(s) == 1 and s.shape[0] in (1, x.shape[axis]))
+    per_axis_ok = _ir_params_ok(x, s, z, axis)
     if dt in INT8 and x.dtype is F32 and s.dtype is F32 and not block and per_axis_ok:
         return cx.op("quantize_linear", [x, s, _zero_point(cx, z, s, dt)], {"axis": axis})
     # general form: rint(x / scale) + zero_point, saturated (ONNX divides in x's type)
@@ -121,7 +128,7 @@ def _dequantize_linear(cx, ins, a):
     _int_range(x.dtype)
     out_dt = onnx_dtype(a["output_dtype"]) if a.get("output_dtype") else s.dtype
     axis, block = _quant_axis(x, s, a), a.get("block_size", 0)
-    per_axis_ok = _rank(s) == 0 or (_rank(s) == 1 and s.shape[0] in (1, x.shape[axis]))
+    per_axis_ok = _ir_params_ok(x, s, z, axis)
     if x.dtype in INT8 and s.dtype is F32 and not block and per_axis_ok:
         y = cx.op("dequantize_linear", [x, s] + ([z] if z is not None else []), {"axis": axis})
         return cx.cast(y, out_dt)

@@ -128,3 +128,50 @@ def test_qdq_constant_weights_are_folded_at_import(tmp_path):
     n_dq = sum(n.op == "dequantize_linear" for n in g.nodes)
     n_q = sum(n.op == "quantize_linear" for n in g.nodes)
     assert n_q >= 1 and n_dq == n_q  # only the activations' Q/DQ pairs stay
+
+
+def _qdq_model(op, x_type, x_shape, params, attrs, out_type):
+    """One Quantize/DequantizeLinear node; ``params`` are (name, array) constants."""
+    inits = [numpy_helper.from_array(arr, name) for name, arr in params]
+    node = helper.make_node(op, ["x"] + [name for name, _ in params], ["y"], **attrs)
+    g = helper.make_graph([node], "q", [helper.make_tensor_value_info("x", x_type, x_shape)],
+                          [helper.make_tensor_value_info("y", out_type, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+
+
+@pytest.mark.parametrize("case", ["per_axis_i8", "blocked_remainder", "u16", "scale_1_zp_scalar",
+                                  "dq_f16_scale", "dq_blocked_i8"])
+def test_qdq_variants_match_the_onnx_reference(case):
+    from onnx.reference import ReferenceEvaluator
+    rng = np.random.default_rng(4)
+    F, U8, I8 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT8
+    if case == "per_axis_i8":
+        args = ("QuantizeLinear", F, (2, 3, 4), [("s", np.array([0.1, 0.02, 0.3], np.float32)),
+                                                 ("z", np.array([0, -5, 7], np.int8))], {"axis": 1}, I8)
+    elif case == "blocked_remainder":  # 5 along the axis in blocks of 2: the last block has 1
+        args = ("QuantizeLinear", F, (3, 5), [("s", rng.uniform(0.01, 0.1, (3, 3)).astype(np.float32)),
+                                              ("z", rng.integers(0, 255, (3, 3)).astype(np.uint8))],
+                {"axis": 1, "block_size": 2}, U8)
+    elif case == "u16":
+        args = ("QuantizeLinear", F, (7,), [("s", np.array(0.001, np.float32)),
+                                            ("z", np.array(30000, np.uint16))], {}, TensorProto.UINT16)
+    elif case == "scale_1_zp_scalar":
+        args = ("QuantizeLinear", F, (6,), [("s", np.array([0.05], np.float32)),
+                                            ("z", np.array(128, np.uint8))], {}, U8)
+    elif case == "dq_f16_scale":
+        args = ("DequantizeLinear", U8, (4, 3), [("s", np.array(0.0625, np.float16)),
+                                                 ("z", np.array(100, np.uint8))], {}, TensorProto.FLOAT16)
+    else:
+        args = ("DequantizeLinear", I8, (4, 6), [("s", rng.uniform(0.01, 0.1, (2, 6)).astype(np.float32))],
+                {"axis": 0, "block_size": 2}, F)
+    model = _qdq_model(*args)
+    if args[1] == F:
+        x = (rng.standard_normal(args[2]) * 4).astype(np.float32)
+        x.reshape(-1)[:2] = [0.025, -0.075]  # ties for the 0.05 and 0.1 scales
+    else:
+        info = np.iinfo(np.uint8 if args[1] == U8 else np.int8)
+        x = rng.integers(info.min, info.max, args[2], endpoint=True).astype(info.dtype)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    got = ember.compile(model)(x)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
