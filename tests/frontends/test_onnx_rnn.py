@@ -130,3 +130,22 @@ def test_dynamic_sequence_length_is_reported():
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "seq"
     with pytest.raises(ember.errors.UnsupportedOpError, match="dynamic sequence length"):
         ember.compile(m)
+
+
+def test_dynamic_batch_with_sequence_lens():
+    # one compiled model serves every batch size: states, masks and zeros have a symbolic batch
+    m = _model("LSTM", {"direction": "bidirectional"})
+    for vi in list(m.graph.input) + list(m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        dims[{"X": 1, "seq": 0, "Y": 2}.get(vi.name, 1)].dim_param = "batch"
+    compiled = ember.compile(m)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    for b in (1, 5):
+        rng = np.random.default_rng(b)
+        feeds = {"X": rng.standard_normal((T, b, IN)).astype(np.float32),
+                 "seq": rng.integers(1, T + 1, b).astype(np.int32),
+                 "h0": rng.standard_normal((2, b, H)).astype(np.float32),
+                 "c0": rng.standard_normal((2, b, H)).astype(np.float32)}
+        got = compiled(*[feeds[vi.name] for vi in m.graph.input])
+        for g, w in zip(got, sess.run(None, feeds)):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
