@@ -2524,3 +2524,11 @@ def _deform_conv(cx, ins, a):
     if B is not None:
         y = cx.op("add", [y, B])
     return _reshape(cx, _permute(cx, y, (0, 2, 1)), (N, OC, oh, ow))
+
+
+@conv("BitCast")
+def _bitcast(cx, ins, a):
+    x, dt = ins[0], onnx_dtype(a["to"])
+    if x.dtype.itemsize != dt.itemsize:
+        raise ShapeError(f"BitCast from {x.dtype} to {dt}: the widths differ")
+    return x if x.dtype is dt else cx.op("bitcast", [x], {"dtype": dt})

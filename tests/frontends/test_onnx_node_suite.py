@@ -47,7 +47,6 @@ EXCLUDE: list[tuple[str, str]] = [
     (r"affine_grid_.*_expanded", "AffineGrid's expanded form branches with If (control flow)"),
     (r"^test_dft_inverse(_opset19)?_cpu", "inverse DFT whose exact outputs are 0: the expected values "
      "carry numpy's float32 FFT rounding (~2e-7), beyond the suite's atol=1e-7"),
-    (r"bitcast", "BitCast (reinterpreting bits across dtypes): not yet"),
     (r"quantizelinear_(e4m3fn|e5m2|float4e2m1)",
      "QuantizeLinear/DequantizeLinear to 8-bit and 4-bit floats: no such Ember dtype"),
     (r"(conv|convtranspose)_3d", "3-D convolution (Ember has 1-D and 2-D)"),

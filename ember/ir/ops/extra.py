@@ -56,3 +56,21 @@ register("bitwise", _bitwise_infer, _bitwise_ref, attrs={"op": Attr("str")}, ari
          category="elementwise",
          doc='bitwise(x[, y]) {op="and"|"or"|"xor"|"not"|"shl"|"shr"}; shr is arithmetic on '
              'signed types; shift counts < 0 or >= the bit width give the sign fill')
+
+
+# -- bitcast: the same bits read as another dtype of the same width
+
+def _bitcast_infer(ts, a):
+    src, dst = ts[0].dtype, a["dtype"]
+    if src.itemsize != dst.itemsize:
+        raise errors.DTypeError(f"bitcast: {src} and {dst} differ in width "
+                                f"({src.itemsize * 8} vs {dst.itemsize * 8} bits)")
+    if src.is_float and dst.is_float and src is not dst:
+        raise errors.DTypeError(f"bitcast between two float types ({src} -> {dst}) is not supported")
+    return [TensorType(dst, ts[0].shape)]
+
+
+register("bitcast", _bitcast_infer, lambda xs, a: np.ascontiguousarray(xs[0]).view(a["dtype"].np),
+         attrs={"dtype": Attr("dtype")}, category="elementwise",
+         doc="reinterpret each element's bits as dtype (same width); NaN comes out as the "
+             "quiet NaN and, under fast math, -0.0 may lose its sign")

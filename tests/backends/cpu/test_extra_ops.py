@@ -70,3 +70,40 @@ def test_bitwise_rejects_floats_and_bad_ops():
         graph_of("bitwise", [TensorType(dtypes.i32, (3,))] * 2, {"op": "nand"})
     with pytest.raises(IRError, match="takes 1"):
         graph_of("bitwise", [TensorType(dtypes.i32, (3,))] * 2, {"op": "not"})
+
+
+def special_floats(n, np_dt):
+    info = np.finfo(np_dt)
+    with np.errstate(over="ignore"):
+        v = (rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, n)).astype(np_dt)
+    v[v == 0] = 0.0  # underflow may have left -0.0
+    # not -0.0 nor signed NaNs: the compiled form gives +0.0's bits and the quiet NaN (the
+    # op's documented limits)
+    edge = np.array([0.0, 1.0, -2.5, np.inf, -np.inf, np.nan, info.tiny, info.tiny / 8,
+                     -info.tiny / 3, info.max, -info.max, info.smallest_subnormal], np_dt)
+    v[:min(n, edge.size)] = edge[:n]
+    return v
+
+
+@pytest.mark.parametrize("src,dst,np_src", [
+    (dtypes.f32, dtypes.i32, np.float32), (dtypes.f64, dtypes.i64, np.float64),
+    (dtypes.f16, dtypes.i16, np.float16)])
+def test_bitcast_float_to_int_and_back(src, dst, np_src):
+    g = graph_of("bitcast", [TensorType(src, (N,))], {"dtype": dst})
+    check_against_reference(g, [[special_floats(n, np_src)] for n in (1, 3, 13, 127)])
+    back = graph_of("bitcast", [TensorType(dst, (N,))], {"dtype": src})
+    bits = [special_floats(n, np_src).view(dst.np) for n in (1, 3, 13, 127)]
+    bits.append(np.array([-1, 1], dst.np))  # a negative pattern with zero exponent: -subnormal
+    check_against_reference(back, [[b] for b in bits])
+
+
+def test_bitcast_integers_wrap():
+    g = graph_of("bitcast", [TensorType(dtypes.i8, (N,))], {"dtype": dtypes.u8})
+    check_against_reference(g, [[full_range((n,), np.int8)] for n in SIZES])
+    g = graph_of("bitcast", [TensorType(dtypes.u8, (N,))], {"dtype": dtypes.i8})
+    check_against_reference(g, [[full_range((n,), np.uint8)] for n in SIZES])
+
+
+def test_bitcast_needs_equal_widths():
+    with pytest.raises(DTypeError, match="width"):
+        graph_of("bitcast", [TensorType(dtypes.f32, (3,))], {"dtype": dtypes.i64})
