@@ -19,7 +19,7 @@ def cmd_serve(args) -> int:
         name, path = model_name(spec)
         if name in models:
             raise EmberError(f"two models are named {name!r}; name one with NAME=PATH")
-        models[name] = ember.load(path, rebuild=args.rebuild)
+        models[name] = ember.load(path, rebuild=args.rebuild, threads=args.threads)
         print(f"loaded {name} from {path}: {models[name]}", file=sys.stderr)
     batch = BatchConfig(max_batch_size=1 if args.no_batching else args.max_batch_size,
                         max_delay_ms=args.max_delay_ms, max_queue=args.max_queue)
@@ -49,6 +49,8 @@ def add_commands(sub) -> None:
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds to finish in-flight requests on shutdown")
     p.add_argument("--rebuild", action="store_true", help="recompile each model for this machine")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads per model call (default: EMBER_NUM_THREADS, else all cores)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(fn=cmd_serve)
