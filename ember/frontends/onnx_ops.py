@@ -890,6 +890,23 @@ def _reduce_axes(cx, ins, a, x):
     return [_axis(v, _rank(x)) for v in axes]
 
 
+def _reduce_empty(cx, x, axes, keep, kind):
+    """A reduction over a zero-length dim: every output element is the reduction's identity
+    (a constant; the empty input is never read)."""
+    shape = [1 if k in axes else d for k, d in enumerate(x.shape) if keep or k not in axes]
+    if not all(isinstance(d, int) and d > 0 for d in shape):
+        raise Unsupported("reduction over an empty dim into an empty or dynamic result")
+    if x.dtype is dtypes.bool_:
+        ident = {"max": False, "min": True}.get(kind)
+    else:
+        ident = {"sum": 0, "l1": 0, "l2": 0, "sumsquare": 0, "prod": 1, "max": _lowest(x),
+                 "min": _highest(x), "logsum": -math.inf, "logsumexp": -math.inf,
+                 "mean": math.nan}.get(kind)
+    if ident is None or (not x.dtype.is_float and isinstance(ident, float) and not math.isfinite(ident)):
+        raise Unsupported(f"Reduce {kind} over an empty dim of {x.dtype}")
+    return cx.const_array(np.full(shape, ident, dtype=x.dtype.np), x.dtype)
+
+
 def _reduce(kind):
     def f(cx, ins, a):
         x = ins[0]
@@ -897,7 +914,7 @@ def _reduce(kind):
         if axes is None:
             return x
         if any(x.shape[k] == 0 for k in axes):
-            raise Unsupported("reduction over an empty dim")
+            return _reduce_empty(cx, x, axes, bool(a.get("keepdims", 1)), kind)
         keep = bool(a.get("keepdims", 1))
         attrs = {"axes": tuple(axes), "keepdims": keep}
         if kind == "mean" and not x.dtype.is_float:
