@@ -40,7 +40,8 @@ from ...lower.qgemm import GROUP, QGemm
 from .codegen import ExprPrinter, _store, c_dim, template
 
 MR = 4               # rows per micro-tile: 8 accumulators + operands fit the 16 ymm registers
-MC = 96              # rows per task: an A block of 96 x K stays in L2
+MC = 96              # rows per task: an A block of 96 x KC stays in L2
+KC = 512             # K block (values): a KC x 16 block of the panel, 8 KiB of int8, stays in L1
 TASKS_WANTED = 16    # split the panels until there are this many tasks (load balance)
 PARALLEL_MACS = 1 << 17
 
@@ -71,10 +72,15 @@ def _ukr_avx(mr: int, v: str) -> str:
     store = "\n".join(f"  _mm256_storeu_si256((__m256i *)(c + {16 * r}), c{r}0); "
                       f"_mm256_storeu_si256((__m256i *)(c + {16 * r + 8}), c{r}1);" for r in range(mr))
     step = 16 * g
+    load = "\n".join(f"    c{r}0 = _mm256_loadu_si256((const __m256i *)(c + {16 * r})); "
+                     f"c{r}1 = _mm256_loadu_si256((const __m256i *)(c + {16 * r + 8}));" for r in range(mr))
     return f"""static inline void ember_q8ukr{mr}_{v}(int64_t kg, const {at} *restrict a, int64_t lda,
-    const {bt} *restrict b, int32_t *restrict c) {{
+    const {bt} *restrict b, int32_t *restrict c, int accumulate) {{
   const __m256i ones = _mm256_set1_epi16(1); (void)ones;
   __m256i {acc};
+  if (accumulate) {{
+{load}
+  }}
   for (int64_t q = 0; q < kg; q++) {{
     const __m256i b0 = {_LOADB[v].format(p=f"b + {step} * q")}, b1 = {_LOADB[v].format(p=f"b + {step} * q + {step // 2}")};
 {body}
@@ -88,8 +94,9 @@ def _ukr_portable(mr: int, v: str) -> str:
     at, bt = _BT[v]
     g = _group(v)
     return f"""static inline void ember_q8ukr{mr}_{v}(int64_t kg, const {at} *restrict a, int64_t lda,
-    const {bt} *restrict b, int32_t *restrict c) {{
-  int32_t t[{mr}][16] = {{{{0}}}};
+    const {bt} *restrict b, int32_t *restrict c, int accumulate) {{
+  int32_t t[{mr}][16];
+  for (int r = 0; r < {mr}; r++) for (int j = 0; j < 16; j++) t[r][j] = accumulate ? c[16 * r + j] : 0;
   for (int64_t q = 0; q < kg; q++)
     for (int r = 0; r < {mr}; r++)
       for (int j = 0; j < 16; j++)
@@ -101,9 +108,9 @@ def _ukr_portable(mr: int, v: str) -> str:
 
 def _dispatch(v: str) -> str:
     at, bt = _BT[v]
-    cases = "".join(f"    case {m}: ember_q8ukr{m}_{v}(kg, a, lda, b, c); break;\n" for m in range(1, MR + 1))
+    cases = "".join(f"    case {m}: ember_q8ukr{m}_{v}(kg, a, lda, b, c, accumulate); break;\n" for m in range(1, MR + 1))
     return (f"static __attribute__((noinline)) void ember_q8ukr_{v}(int mr, int64_t kg, const {at} *a, "
-            f"int64_t lda, const {bt} *b, int32_t *c) {{\n  switch (mr) {{\n{cases}  }}\n}}\n")
+            f"int64_t lda, const {bt} *b, int32_t *c, int accumulate) {{\n  switch (mr) {{\n{cases}  }}\n}}\n")
 
 
 def prelude() -> str:
@@ -125,7 +132,8 @@ def print_qgemm(k: QGemm, params, printer) -> str:
     v = variant(k)
     g = _group(v)
     A, B, C = params[k.a], params[k.b], params[k.out]
-    L = [f"  const int64_t M = {c_dim(k.M)}, N = {k.N}, kg = {k.K // g}, lda = {c_dim(k.lda)};",
+    L = [f"  /* int8 GEMM, route {v} */",
+         f"  const int64_t M = {c_dim(k.M)}, N = {k.N}, kg = {k.K // g}, lda = {c_dim(k.lda)};",
          "  if (M == 0) return;",
          "  const int64_t npan = (N + 15) / 16;",
          f"  const int64_t mc = M < {MC} ? M : {MC}, mt = (M + mc - 1) / mc;",
@@ -136,26 +144,31 @@ def print_qgemm(k: QGemm, params, printer) -> str:
          "  for (int64_t t = 0; t < mt * nt; t++) {",
          "    const int64_t m0 = (t / nt) * mc, m1 = ember_min64(M, m0 + mc);",
          "    const int64_t jb0 = (t % nt) * pc, jb1 = ember_min64(npan, jb0 + pc);",
-         f"    int32_t tile[{MR} * 16] __attribute__((aligned(64)));",
-         # rows outside: MR rows of A stay in L1 while the task's panels stream from L2
-         f"    for (int64_t i = m0; i < m1; i += {MR}) {{",
-         f"      const int mr = (int)ember_min64({MR}, m1 - i);",
-         "      for (int64_t jp = jb0; jp < jb1; jp++) {",
-         f"        ember_q8ukr_{v}(mr, kg, {A} + i * lda, lda, {B} + jp * kg * {16 * g}, tile);",
-         "        const int64_t j0 = jp * 16, nr = ember_min64(16, N - j0);",
-         "        for (int r = 0; r < mr; r++)",
-         "          for (int64_t c = 0; c < nr; c++) {"]
-    ind = "            "
-    index = "(i + r) * N + j0 + c"
+         f"    int32_t tile[{MC} * 16] __attribute__((aligned(64)));",
+         # a KC x 16 block of the panel stays in L1 while the task's rows (in L2) stream past
+         # it; int32 partial sums over K blocks live in the tile, never leave int32
+         "    for (int64_t jp = jb0; jp < jb1; jp++) {",
+         f"      const {_BT[v][1]} *bp = {B} + jp * kg * {16 * g};",
+         f"      for (int64_t q0 = 0; q0 < kg; q0 += {KC // g}) {{",
+         f"        const int64_t kc = ember_min64({KC // g}, kg - q0);",
+         f"        for (int64_t i = m0; i < m1; i += {MR})",
+         f"          ember_q8ukr_{v}((int)ember_min64({MR}, m1 - i), kc, {A} + i * lda + q0 * {g}, lda, "
+         f"bp + q0 * {16 * g}, tile + (i - m0) * 16, q0 > 0);",
+         "      }",
+         "      const int64_t j0 = jp * 16, nr = ember_min64(16, N - j0);",
+         "      for (int64_t i = m0; i < m1; i++)",
+         "        for (int64_t c = 0; c < nr; c++) {"]
+    ind = "          "
+    index = "i * N + j0 + c"
     if k.epilogue is None:
-        L.append(ind + _store(C, k.out.dtype, index, "tile[r * 16 + c]"))
+        L.append(ind + _store(C, k.out.dtype, index, "tile[(i - m0) * 16 + c]"))
     else:
-        L.append(f"{ind}const int64_t i0 = i + r, i1 = j0 + c; const int32_t acc = tile[r * 16 + c];")
+        L.append(f"{ind}const int64_t i0 = i, i1 = j0 + c; const int32_t acc = tile[(i - m0) * 16 + c];")
         lines: list = []
         pr = ExprPrinter(params, lines, ind)
         pr.count_uses(k.epilogue)
         val = pr(k.epilogue)
         L += lines
         L.append(ind + _store(C, k.out.dtype, index, val))
-    L += ["          }", "      }", "    }", "  }"]
+    L += ["        }", "    }", "  }"]
     return "\n".join(L) + "\n"

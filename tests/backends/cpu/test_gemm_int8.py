@@ -21,7 +21,7 @@ KN = [(1, 1), (2, 7), (7, 63), (63, 65), (64, 2), (65, 513), (513, 64)]
 def route(compiled) -> str:
     """Which micro-kernel family the program calls ('u7', 'b8', 'b16') or 'fallback'."""
     for v in ("u7", "b8", "b16"):
-        if f"ember_q8ukr_{v}(mr" in compiled.source:
+        if f"int8 GEMM, route {v} */" in compiled.source:
             return v
     return "fallback"
 
