@@ -1,11 +1,12 @@
 """The fused attention kernel vs the unfused path (GEMM -> max -> exp -> sum -> GEMM), in one
 process, interleaved (ember/timing.py), medians.
 
-    flock /tmp/ember-bench.lock .venv/bin/python benchmarks/bench_attention.py [--quick]
+    flock /tmp/ember-bench.lock .venv/bin/python benchmarks/bench_attention.py [--quick] [--models]
 
 Cases: BERT-like [b, 12 heads, s, 64] at s = 128 and 1024, with a padding mask, and
 GPT-2-like causal ones. q, k, v arrive as [b, s, heads, 64] projections permuted to
-[b, heads, s, 64], as in the models.
+[b, heads, s, 64], as in the models. ``--models`` also times the suite's transformers
+(bench_suite.py: MiniLM b1/b8, GPT-2, Llama at s128) compiled both ways.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")   # see bench_suite.py: idle thr
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ember  # noqa: E402
@@ -39,21 +41,45 @@ def graph(causal: bool, masked: bool) -> Graph:
     return g
 
 
-def compile_both(g: Graph):
-    fused = ember.compile(g, opt_level=2)
+def compile_both(g, inputs=None):
+    fused = ember.compile(g, inputs)
     saved = rules.RULES["attention"]
     rules.RULES["attention"] = rules_attention._unfused   # the path every op took before
     try:
-        unfused = ember.compile(g, opt_level=2)
+        unfused = ember.compile(g, inputs)
     finally:
         rules.RULES["attention"] = saved
     assert "ember_att_rows" in fused.source and "ember_att_rows" not in unfused.source
     return fused, unfused
 
 
+def row(name, t, err):
+    cell = {k: f"{fmt_time(v['median'])} ({fmt_time(v['p10'])}-{fmt_time(v['p90'])})" for k, v in t.items()}
+    ratio = t["unfused"]["median"] / t["fused"]["median"]
+    print(f"{name:34}  {cell['unfused']:>24}  {cell['fused']:>24}  {ratio:6.2f}x   (max |diff| {err:.1e})",
+          flush=True)
+
+
+def models(quick: bool):
+    import torch
+    from bench_suite import cases
+    print(f"\n{'model':34}  {'unfused':>24}  {'fused':>24}  speed-up")
+    for name, build in cases(False):
+        if not any(k in name for k in ("MiniLM", "GPT-2", "Llama")):
+            continue
+        model, inputs, _ = build()
+        fused, unfused = compile_both(model, inputs)
+        with torch.no_grad():
+            err = float((fused(*inputs) - unfused(*inputs)).abs().max())
+        t = measure({"unfused": lambda: unfused(*inputs), "fused": lambda: fused(*inputs)},
+                    rounds=20 if quick else 100, max_seconds=5 if quick else 20)
+        row(name, t, err)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--models", action="store_true")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     cases = [("encoder, padding mask", False, True, 1, 128), ("encoder, padding mask", False, True, 8, 128),
@@ -61,7 +87,7 @@ def main():
              ("causal", True, False, 1, 1024)]
     built = {}
     print(f"attention [b, {HEADS} heads, s, {D}], float32, {os.cpu_count()} cores; medians (p10-p90)")
-    print(f"{'case':24} {'b':>3} {'s':>5}  {'unfused':>22}  {'fused':>22}  speed-up")
+    print(f"{'case':34}  {'unfused':>24}  {'fused':>24}  speed-up")
     for name, causal, masked, b, s in cases:
         if (causal, masked) not in built:
             built[causal, masked] = compile_both(graph(causal, masked))
@@ -75,10 +101,9 @@ def main():
         err = float(np.max(np.abs(want - got)))
         t = measure({"unfused": lambda: unfused.run_numpy(xs), "fused": lambda: fused.run_numpy(xs)},
                     rounds=30 if args.quick else 200, max_seconds=3 if args.quick else 10)
-        cell = {k: f"{fmt_time(v['median'])} ({fmt_time(v['p10'])}-{fmt_time(v['p90'])})" for k, v in t.items()}
-        ratio = t["unfused"]["median"] / t["fused"]["median"]
-        print(f"{name:24} {b:>3} {s:>5}  {cell['unfused']:>22}  {cell['fused']:>22}  {ratio:6.2f}x"
-              f"   (max |diff| {err:.1e})", flush=True)
+        row(f"{name} b{b} s{s}", t, err)
+    if args.models:
+        models(args.quick)
 
 
 if __name__ == "__main__":
