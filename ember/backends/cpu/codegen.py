@@ -101,12 +101,14 @@ def store_value(v: str, dt) -> str:
 
 
 def cast_value(x: str, dt) -> str:
-    """C for a value converted to ``dt`` inside an expression: a cast to bf16 rounds to bf16
-    precision there (a store would round anyway, but a fused kernel may not store it)."""
+    """C for a value converted to ``dt`` inside an expression: a cast to a 16-bit float rounds
+    to its precision there (a store would round anyway, but a fused kernel may not store it)."""
     if dt is dtypes.bool_:
         return f"({x} != 0)"
     if dt is dtypes.bf16:
         return f"ember_bf16_round((float)({x}))"
+    if dt is dtypes.f16:
+        return f"((float)(_Float16)({x}))"
     return f"(({compute_type(dt)}){x})"
 
 

@@ -55,12 +55,13 @@ def test_bf16_pointwise_computes_in_float_and_stores_bf16():
         np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=2 ** -7)
 
 
-def test_bf16_cast_inside_a_fused_kernel_rounds():
-    # f32 -> bf16 -> f32 in one kernel must still lose the low bits
-    g = _graph(lambda g, x: g.op("cast", [g.op("cast", [x], {"dtype": dtypes.bf16})], {"dtype": dtypes.f32}),
+@pytest.mark.parametrize("dt", [dtypes.bf16, dtypes.f16])
+def test_16_bit_cast_inside_a_fused_kernel_rounds(dt):
+    # f32 -> bf16/f16 -> f32 in one kernel must still lose the low bits
+    g = _graph(lambda g, x: g.op("cast", [g.op("cast", [x], {"dtype": dt})], {"dtype": dtypes.f32}),
                [TensorType(dtypes.f32, (N,))])
     x = np.random.default_rng(1).standard_normal(100).astype(np.float32)
-    np.testing.assert_array_equal(ember_compile(g)(x), x.astype(BF16).astype(np.float32))
+    np.testing.assert_array_equal(ember_compile(g)(x), x.astype(dt.np).astype(np.float32))
 
 
 def test_bf16_reduction():
