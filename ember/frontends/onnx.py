@@ -310,9 +310,8 @@ def _static_attrs(attrs) -> bool:
 
 
 def tensor_to_numpy(t) -> np.ndarray:
-    if t.data_type == TensorProto.BFLOAT16:
-        raw = numpy_helper.to_array(t)
-        return np.asarray(raw, dtype=np.float32)
+    if t.data_type == TensorProto.BFLOAT16:  # an ml_dtypes.bfloat16 array, whatever onnx returns
+        return np.asarray(numpy_helper.to_array(t)).astype(dtypes.bf16.np)
     if t.data_location == TensorProto.EXTERNAL and not t.raw_data:
         raise errors.OnnxError(f"initializer {t.name!r} keeps its data in an external file that "
                                f"was not loaded; pass the .onnx path (not bytes) so Ember can "
