@@ -21,6 +21,9 @@ dynamically. Inside a task the keys are walked in blocks of KB, with an online s
   crossing the diagonal pay for the per-element test.
 * End: out = acc / l; a dead row (max still -inf) gives 0 when ``safe``, else 0 * inf = NaN
   like the reference.
+* A block of at most four queries (Sq = 1, the tail of a sequence) would leave most of the
+  16 lanes idle; it goes row by row instead: scores as dot products along d (four keys at
+  a time), the output as an axpy along Dv, the same online softmax with scalars.
 
 The micro-kernels use AVX2/FMA intrinsics when the compiler targets them and a plain C
 loop otherwise; exp is ``ember_expf`` (fastmath.py), which gcc inlines and vectorizes.
@@ -38,6 +41,7 @@ _COMMON = r"""/* fused attention (backends/cpu/attention.py) */
 #include <stdlib.h>
 #define EMBER_ATT_QB 16
 #define EMBER_ATT_KB 64
+#define EMBER_ATT_ROWWISE 4   /* blocks of at most this many queries go row by row */
 typedef struct {
   const float *q, *k, *v, *mask; float *out;
   int64_t sq, sk, d, dv;
@@ -97,15 +101,91 @@ _MM = ("static void ember_att_mm(int64_t rows, int64_t T, const float *a, int64_
                for m in range(1, MR + 1)) +
        "    }\n  }\n}\n")
 
+# s[u] = sum_d q[d] * k[u * ks + d], u < 4, k unit-stride along d: the scores of one query row
+_DOT4_AVX = r"""static inline void ember_att_dot4(int64_t D, const float *restrict q, const float *restrict k, int64_t ks,
+    float *restrict s) {
+  const float *k0 = k, *k1 = k + ks, *k2 = k1 + ks, *k3 = k2 + ks;
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8) {
+    const __m256 x = _mm256_loadu_ps(q + d);
+    a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k0 + d), a0); a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k1 + d), a1);
+    a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k2 + d), a2); a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k3 + d), a3);
+  }
+  /* two rounds of pairwise adds leave [s0 s1 s2 s3] in each 128-bit half */
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  for (; d < D; d++) { s[0] += q[d] * k0[d]; s[1] += q[d] * k1[d]; s[2] += q[d] * k2[d]; s[3] += q[d] * k3[d]; }
+}
+"""
+_DOT4_PORTABLE = r"""static inline void ember_att_dot4(int64_t D, const float *restrict q, const float *restrict k, int64_t ks,
+    float *restrict s) {
+  for (int u = 0; u < 4; u++) {
+    float t = 0.0f;
+    for (int64_t d = 0; d < D; d++) t += q[d] * k[u * ks + d];
+    s[u] = t;
+  }
+}
+"""
+
 _AVX = ("#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n" +
-        "".join(_ukr_avx(m) for m in range(1, MR + 1)) + "#else\n" +
-        "".join(_ukr_portable(m) for m in range(1, MR + 1)) + "#endif\n" + _MM)
+        "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _DOT4_AVX + "#else\n" +
+        "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _DOT4_PORTABLE + "#endif\n" + _MM)
 
 _DRIVER = r"""static inline int64_t ember_att_scratch(int64_t D, int64_t Dv) {
   return 16 * D + EMBER_ATT_KB * 16 + 16 * Dv + 4 * 16;
 }
+/* out row i of one batch/head alone: with a handful of queries, 16 query lanes would be
+   mostly padding, so the scores are dot products along d and the output an axpy along Dv */
+static void ember_att_row(const ember_att_args *A, int64_t i, float *restrict ws) {
+  const int64_t D = A->d, Dv = A->dv, Sk = A->sk, ks = A->ks, kd = A->kd, vs = A->vs, vd = A->vd;
+  float *restrict q = ws, *restrict s = q + D, *restrict acc = s + EMBER_ATT_KB;
+  for (int64_t d = 0; d < D; d++) q[d] = A->q[i * A->qs + d * A->qd] * A->scale;
+  memset(acc, 0, sizeof(float) * Dv);
+  float m = -INFINITY, l = 0.0f;
+  /* causal: this row's last visible key ends the walk, no per-key test */
+  const int64_t kend = A->causal ? ember_max64(0, ember_min64(Sk, i + 1 + Sk - A->sq)) : Sk;
+  for (int64_t k0 = 0; k0 < kend; k0 += EMBER_ATT_KB) {
+    const int64_t nk = ember_min64(EMBER_ATT_KB, kend - k0);
+    const float *kb = A->k + k0 * ks;
+    int64_t j = 0;
+    if (kd == 1)
+      for (; j + 4 <= nk; j += 4) ember_att_dot4(D, q, kb + j * ks, ks, s + j);
+    for (; j < nk; j++) {
+      float t = 0.0f;
+      for (int64_t d = 0; d < D; d++) t += q[d] * kb[j * ks + d * kd];
+      s[j] = t;
+    }
+    if (A->mask)
+      for (j = 0; j < nk; j++) s[j] += A->mask[i * A->ms + (k0 + j) * A->mk];
+    float mx = m;
+    for (j = 0; j < nk; j++) mx = s[j] > mx ? s[j] : mx;
+    const float shift = mx == -INFINITY ? 0.0f : mx, alpha = ember_expf(m - shift);
+    m = mx;
+    float sum = 0.0f;
+    for (j = 0; j < nk; j++) { s[j] = ember_expf(s[j] - shift); sum += s[j]; }
+    l = l * alpha + sum;
+    for (int64_t c = 0; c < Dv; c++) acc[c] *= alpha;
+    const float *vb = A->v + k0 * vs;
+    j = 0;
+    if (vd == 1)   /* four keys per pass over acc: a quarter of the loads and stores */
+      for (; j + 4 <= nk; j += 4) {
+        const float p0 = s[j], p1 = s[j + 1], p2 = s[j + 2], p3 = s[j + 3];
+        const float *v0 = vb + j * vs, *v1 = v0 + vs, *v2 = v1 + vs, *v3 = v2 + vs;
+        for (int64_t c = 0; c < Dv; c++) acc[c] += p0 * v0[c] + p1 * v1[c] + p2 * v2[c] + p3 * v3[c];
+      }
+    for (; j < nk; j++)
+      for (int64_t c = 0; c < Dv; c++) acc[c] += s[j] * vb[j * vs + c * vd];
+  }
+  const float scale = A->safe && m == -INFINITY ? 0.0f : 1.0f / l;
+  for (int64_t c = 0; c < Dv; c++) A->out[i * Dv + c] = acc[c] * scale;
+}
 /* out rows i0 .. i0+nq-1 (nq <= 16) of one batch/head; ws holds ember_att_scratch floats */
 static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, float *restrict ws) {
+  if (nq <= EMBER_ATT_ROWWISE) {
+    for (int64_t i = 0; i < nq; i++) ember_att_row(A, i0 + i, ws);
+    return;
+  }
   const int64_t D = A->d, Dv = A->dv, Sk = A->sk;
   float *restrict qt = ws, *restrict s = qt + 16 * D, *restrict acc = s + EMBER_ATT_KB * 16;
   float *restrict m = acc + 16 * Dv, *restrict l = m + 16, *restrict alpha = l + 16, *restrict shift = alpha + 16;

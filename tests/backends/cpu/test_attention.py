@@ -2,7 +2,9 @@
 
 Batch and both sequence lengths are symbolic, so one build per graph runs every size in
 its list: lengths around the 16-query and 64-key blocks, Sq != Sk both ways, and one long
-sequence (513) that crosses many key blocks of the online softmax.
+sequence (513) that crosses many key blocks of the online softmax. Query blocks of at most
+four rows (Sq = 1, 2, and the last row of 65 or 513) take the row-by-row path, the others
+the 16-lane one.
 """
 import numpy as np
 import pytest
@@ -120,19 +122,23 @@ def test_fully_masked_rows(safe):
     check(g, sets)
 
 
-def test_permuted_views_are_read_in_place():
-    # q, v as [B, S, H, D] projections permuted to [B, H, S, D]; k given transposed [B, H, D, S]
+@pytest.mark.parametrize("v_transposed", [False, True])
+def test_permuted_views_are_read_in_place(v_transposed):
+    # q (and v) as [B, S, H, D] projections permuted to [B, H, S, D]; k given transposed
+    # [B, H, D, S] (and v too: no unit stride along the head dim at all)
     g = Graph()
     q = g.add_input("q", TensorType(F32, (B, SQ, H, 64)))
     k = g.add_input("k", TensorType(F32, (B, H, 64, SK)))
-    v = g.add_input("v", TensorType(F32, (B, SK, H, 64)))
+    vshape, vperm = ((B, H, 64, SK), (0, 1, 3, 2)) if v_transposed else ((B, SK, H, 64), (0, 2, 1, 3))
+    v = g.add_input("v", TensorType(F32, vshape))
     qp = g.op("permute", [q], {"perm": (0, 2, 1, 3)})
     kp = g.op("permute", [k], {"perm": (0, 1, 3, 2)})
-    vp = g.op("permute", [v], {"perm": (0, 2, 1, 3)})
+    vp = g.op("permute", [v], {"perm": vperm})
     g.outputs = [g.op("attention", [qp, kp, vp], {"scale": 0.125, "causal": True, "safe": True})]
     kernels = lower(g).kernels
     assert not any(isinstance(k, Loop) for k in kernels), "a permuted operand was copied"
-    check(g, [[rand(b, sq, H, 64), rand(b, H, 64, sk), rand(b, sk, H, 64)] for b, sq, sk in SIZES[:8]])
+    check(g, [[rand(b, sq, H, 64), rand(b, H, 64, sk), rand(b, H, 64, sk) if v_transposed else rand(b, sk, H, 64)]
+              for b, sq, sk in SIZES[:8]])
 
 
 def test_float64_takes_the_unfused_path():
