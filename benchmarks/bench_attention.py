@@ -17,15 +17,15 @@ from pathlib import Path
 
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")   # see bench_suite.py: idle threads must sleep
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import ember  # noqa: E402
-from ember.ir import Graph, TensorType, dtypes, sym  # noqa: E402
-from ember.lower import rules, rules_attention  # noqa: E402
-from ember.timing import fmt_time, measure  # noqa: E402
+import ember
+from ember.ir import Graph, TensorType, dtypes, sym
+from ember.lower import rules, rules_attention
+from ember.timing import fmt_time, measure
 
 HEADS, D = 12, 64
 
@@ -71,7 +71,7 @@ def models(quick: bool):
         fused, unfused = compile_both(model, inputs)
         with torch.no_grad():
             err = float((fused(*inputs) - unfused(*inputs)).abs().max())
-        t = measure({"unfused": lambda: unfused(*inputs), "fused": lambda: fused(*inputs)},
+        t = measure({"unfused": lambda u=unfused, x=inputs: u(*x), "fused": lambda f=fused, x=inputs: f(*x)},
                     rounds=20 if quick else 100, max_seconds=5 if quick else 20)
         row(name, t, err)
 
@@ -99,7 +99,7 @@ def main():
             xs.append(m)
         want, got = unfused.run_numpy(xs)[0], fused.run_numpy(xs)[0]
         err = float(np.max(np.abs(want - got)))
-        t = measure({"unfused": lambda: unfused.run_numpy(xs), "fused": lambda: fused.run_numpy(xs)},
+        t = measure({"unfused": lambda u=unfused, x=xs: u.run_numpy(x), "fused": lambda f=fused, x=xs: f.run_numpy(x)},
                     rounds=30 if args.quick else 200, max_seconds=3 if args.quick else 10)
         row(f"{name} b{b} s{s}", t, err)
     if args.models:

@@ -67,8 +67,8 @@ def _unfused(lw, n, r):
     s = emit_matmul(lw, q, kt, sshape, out.dtype, epilogue=scores_epilogue)
     m = reduce_over(lw, s, [-1], True, "max")
     mb = bcast(m, sshape)
-    dead = lambda ix: L.binary("eq", mb(ix), -math.inf)  # noqa: E731  (a fully masked row)
-    shift = lambda ix: L.where(dead(ix), 0.0, mb(ix))  # noqa: E731
+    dead = lambda ix: L.binary("eq", mb(ix), -math.inf)  # a fully masked row
+    shift = lambda ix: L.where(dead(ix), 0.0, mb(ix))
     e = Lazy(sshape, out.dtype, lambda ix: L.unary("exp", s.load(ix) - shift(ix)))
     total = bcast(reduce_over(lw, e, [-1], True, "sum"), sshape)
 
