@@ -2691,3 +2691,87 @@ def _loop(cx, ins, a):
     if any(not s for s in scans):
         raise Unsupported("Loop with scan outputs and zero iterations (an empty tensor)")
     return [_as_value(cx, v) for v in carried] + [_stack(cx, s, 0) for s in scans]
+
+
+# ---------------------------------------------------------------- 3-D convolution
+
+def _conv3d(cx, x, w, b, strides, dil, groups):
+    """A 3-D convolution of an already padded x [N, C, D, H, W]: one 2-D convolution per
+    depth tap (the output depths folded into the batch), summed."""
+    N, C, D, H, W = x.shape
+    M, kd = w.shape[0], w.shape[2]
+    if not all(isinstance(v, int) for v in (N, D, kd)):
+        raise Unsupported("3-D convolution over dynamic batch or depth")
+    od = (D - dil[0] * (kd - 1) - 1) // strides[0] + 1
+    acc = None
+    for j in range(kd):
+        xs = cx.op("slice", [x], {"axis": 2, "start": j * dil[0], "end": j * dil[0] + (od - 1) * strides[0] + 1,
+                                  "step": strides[0]})
+        xs = _reshape(cx, _permute(cx, xs, (0, 2, 1, 3, 4)), (N * od, C, H, W))
+        wj = _reshape(cx, cx.op("slice", [w], {"axis": 2, "start": j, "end": j + 1}),
+                      (M, w.shape[1], w.shape[3], w.shape[4]))
+        y = cx.op("conv2d", [xs, wj], {"stride": tuple(strides[1:]), "padding": (0, 0),
+                                       "dilation": tuple(dil[1:]), "groups": groups})
+        acc = y if acc is None else cx.op("add", [acc, y])
+    y = _permute(cx, _reshape(cx, acc, (N, od, M, acc.shape[2], acc.shape[3])), (0, 2, 1, 3, 4))
+    return y if b is None else cx.op("add", [y, _reshape(cx, b, (M, 1, 1, 1))])
+
+
+_conv_2d = CONVERTERS["Conv"]
+_conv_transpose_2d = CONVERTERS["ConvTranspose"]
+
+
+@conv("Conv")
+def _conv_any(cx, ins, a):
+    x, w, b = ins[0], ins[1], ins[2]
+    nd = _rank(x) - 2
+    if nd != 3:
+        return _conv_2d(cx, ins, a)
+    kernel = list(a.get("kernel_shape") or w.shape[2:])
+    strides = list(a.get("strides", [1] * nd))
+    dil = list(a.get("dilations", [1] * nd))
+    pb, pe = _spatial_pads(cx, a, x.shape[2:], kernel, strides, dil)
+    if any(pb + pe):
+        x = cx.op("pad", [x], {"pads": (0, 0, 0, 0) + tuple(v for i in range(nd) for v in (pb[i], pe[i]))})
+    return _conv3d(cx, x, w, b, strides, dil, a.get("group", 1))
+
+
+@conv("ConvTranspose")
+def _conv_transpose_any(cx, ins, a):
+    x, w, b = ins[0], ins[1], ins[2]
+    nd = _rank(x) - 2
+    if nd != 3:
+        return _conv_transpose_2d(cx, ins, a)
+    if "output_shape" in a or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise Unsupported("3-D ConvTranspose with output_shape or auto_pad SAME")
+    if not x.type.is_static:
+        raise Unsupported("3-D ConvTranspose over dynamic shapes")
+    g = a.get("group", 1)
+    kernel = list(a.get("kernel_shape") or w.shape[2:])
+    strides = list(a.get("strides", [1] * nd))
+    dil = list(a.get("dilations", [1] * nd))
+    pads = list(a.get("pads", [0] * (2 * nd)))
+    opad = list(a.get("output_padding", [0] * nd))
+    # the transpose of a convolution is a convolution of the input spread out by the strides
+    # (zeros between elements) and padded by the kernel's reach, with the kernel flipped
+    for i in range(nd):
+        ax, s, n = 2 + i, strides[i], int(x.shape[2 + i])
+        if s > 1:
+            shape = list(x.shape)
+            y = _reshape(cx, x, shape[:ax + 1] + [1] + shape[ax + 1:])
+            p = [0] * (2 * (_rank(x) + 1))
+            p[2 * (ax + 1) + 1] = s - 1
+            y = _reshape(cx, cx.op("pad", [y], {"pads": tuple(p)}), shape[:ax] + [n * s] + shape[ax + 1:])
+            x = cx.op("slice", [y], {"axis": ax, "start": 0, "end": (n - 1) * s + 1})
+    lo = [dil[i] * (kernel[i] - 1) - pads[i] for i in range(nd)]
+    hi = [dil[i] * (kernel[i] - 1) - pads[nd + i] + opad[i] for i in range(nd)]
+    if min(lo + hi) < 0:
+        raise Unsupported("ConvTranspose with pads larger than the kernel")
+    x = cx.op("pad", [x], {"pads": (0, 0, 0, 0) + tuple(v for i in range(nd) for v in (lo[i], hi[i]))})
+    wf = w
+    for i in range(nd):
+        wf = _reverse(cx, wf, 2 + i)
+    cin, coutg = w.shape[0], w.shape[1]
+    wf = _reshape(cx, wf, (g, cin // g, coutg, *kernel))
+    wf = _reshape(cx, _permute(cx, wf, (0, 2, 1, 3, 4, 5)), (g * coutg, cin // g, *kernel))
+    return _conv3d(cx, x, wf, b, [1] * nd, dil, g)

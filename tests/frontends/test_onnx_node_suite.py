@@ -48,7 +48,6 @@ EXCLUDE: list[tuple[str, str]] = [
      "carry numpy's float32 FFT rounding (~2e-7), beyond the suite's atol=1e-7"),
     (r"quantizelinear_(e4m3fn|e5m2|float4e2m1)",
      "QuantizeLinear/DequantizeLinear to 8-bit and 4-bit floats: no such Ember dtype"),
-    (r"(conv|convtranspose)_3d", "3-D convolution (Ember has 1-D and 2-D)"),
     (r"attention_4d_(causal_|gqa_with_past_and_present_)?fp16", "float16 attention: the reference accumulates in float16, Ember in float32 "
      "(differences beyond the suite's rtol=1e-3)"),
     (r"mixed_sign_fmod_0_float16", "float Mod with fmod=0 at the "
