@@ -551,7 +551,8 @@ def _convert_node(cx: Importer, n, onnx_ops, unsupported: list, needs: set, dept
     cx.node, cx.source = n, f"onnx node {name!r} ({n.op_type})"
     raw = [cx.env.get(i) if i else None for i in n.input]
     domain = n.domain if n.domain not in _DOMAINS else ""
-    fn = onnx_ops.CONVERTERS.get(n.op_type) if not domain else None
+    fn = onnx_ops.CONVERTERS.get(n.op_type) if not domain else \
+        onnx_ops.DOMAIN_CONVERTERS.get((domain, n.op_type))  # ai.onnx.ml, ai.onnx.preview...
     if any(r is _POISON for r in raw):
         # downstream of an unsupported node: still report this one if it is unknown too
         if fn is None and (domain or not _has_function(cx, n)):

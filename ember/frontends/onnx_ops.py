@@ -14,6 +14,7 @@ importer gathers those and reports them all at once.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -25,12 +26,16 @@ from ..ir.symbolic import SymExpr, floordiv, prod
 from .onnx import INT_MAX, Known, Unsupported, onnx_dtype
 
 CONVERTERS: dict = {}
+DOMAIN_CONVERTERS: dict = {}  # (domain, op type) -> converter, for ops outside ai.onnx
 
 
-def conv(*names):
+def conv(*names, domain: str = ""):
     def deco(fn):
         for n in names:
-            CONVERTERS[n] = fn
+            if domain:
+                DOMAIN_CONVERTERS[(domain, n)] = fn
+            else:
+                CONVERTERS[n] = fn
         return fn
     return deco
 
@@ -2572,7 +2577,7 @@ def _run_subgraph(cx, g, bind: dict, what: str) -> list:
     unsupported, needs = [], set()
     made = {o for n in g.node for o in n.output}  # (re)defined by this pass over the body
     for n in _check_graph(g, set(cx.env) - made):
-        _convert_node(cx, n, __import__(__name__, fromlist=["_"]), unsupported, needs, depth=1)
+        _convert_node(cx, n, sys.modules[__name__], unsupported, needs, depth=1)
     cx.node, cx.raw, cx.source = saved
     if needs:
         raise NeedsConstant(f"{what} needs values known at compile time", needs)
@@ -2775,3 +2780,38 @@ def _conv_transpose_any(cx, ins, a):
     wf = _reshape(cx, wf, (g, cin // g, coutg, *kernel))
     wf = _reshape(cx, _permute(cx, wf, (0, 2, 1, 3, 4, 5)), (g * coutg, cin // g, *kernel))
     return _conv3d(cx, x, wf, b, [1] * nd, dil, g)
+
+
+# ---------------------------------------------------------------- ai.onnx.preview
+
+@conv("FlexAttention", domain="ai.onnx.preview")
+def _flex_attention(cx, ins, a):
+    q, k, v = _float(ins[0], "FlexAttention"), ins[1], ins[2]
+    if not all(_rank(t) == 4 for t in (q, k, v)):
+        raise ShapeError("FlexAttention needs rank-4 Q, K and V")
+    B, hq, L, E = q.shape
+    hkv, S = k.shape[1], k.shape[2]
+    if hq != hkv:
+        if not (isinstance(hq, int) and isinstance(hkv, int)) or hq % hkv:
+            raise ShapeError(f"FlexAttention: {hq} query heads are not a multiple of {hkv} kv heads")
+        g = hq // hkv  # each kv head serves a contiguous group of query heads
+        k, v = (_reshape(cx, cx.op("expand", [_reshape(cx, t, (B, hkv, 1, S, t.shape[3]))],
+                                   {"shape": (B, hkv, g, S, t.shape[3])}), (B, hq, S, t.shape[3]))
+                for t in (k, v))
+    scale = a.get("scale", 1.0 / math.sqrt(E))
+    if "softmax_precision" in a:
+        work = onnx_dtype(a["softmax_precision"])
+    else:
+        work = dtypes.f64 if q.dtype is dtypes.f64 else dtypes.f32
+    # both operands scaled by sqrt(scale), in the input's precision, as the reference does
+    root = _c(cx, float(np.sqrt(np.float32(scale))), q)
+    scores = cx.op("matmul", [cx.op("mul", [q, root]), _permute(cx, cx.op("mul", [k, root]), (0, 1, 3, 2))])
+    scores = cx.cast(scores, work)
+    if "score_mod" in a:
+        g_ = a["score_mod"].g
+        scores = cx.cast(_as_value(cx, _run_subgraph(cx, g_, {g_.input[0].name: scores}, "score_mod")[0]), work)
+    probs = cx.op("softmax", [scores], {"axis": -1})
+    if "prob_mod" in a:
+        g_ = a["prob_mod"].g
+        probs = cx.cast(_as_value(cx, _run_subgraph(cx, g_, {g_.input[0].name: probs}, "prob_mod")[0]), work)
+    return cx.cast(cx.op("matmul", [probs, cx.cast(v, work)]), v.dtype)

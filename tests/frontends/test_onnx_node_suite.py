@@ -35,7 +35,6 @@ EXCLUDE: list[tuple[str, str]] = [
     # -- non-tensor values and control flow (Ember graphs are straight-line tensor programs)
     (r"(?<!reverse)sequence|optional|_opt$|_opt_|_seq(_|$)",
      "sequences and optionals (Ember values are tensors; If/Loop/Scan over tensors are expanded)"),
-    (r"flexattention(?!.*_expanded_ver26)", "FlexAttention (ai.onnx.preview) takes subgraph attributes"),
     # -- training, randomness, data-dependent shapes
     (r"^test_training_dropout(?!_zero_ratio)|adagrad|adam|momentum|^test_bernoulli|^test_random",
      "random dropout, optimizers and random number generators (inference only)"),
