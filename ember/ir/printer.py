@@ -34,7 +34,9 @@ def format_attr(v) -> str:
 def format_scalar(x) -> str:
     if isinstance(x, (bool, np.bool_)):
         return "true" if x else "false"
-    if isinstance(x, (np.floating, float)):
+    # ml_dtypes.bfloat16 is no np.floating, but a float all the same
+    bf16 = getattr(getattr(x, "dtype", None), "name", "") == "bfloat16"
+    if isinstance(x, (np.floating, float)) or bf16:
         return repr(float(x))
     return str(int(x))
 

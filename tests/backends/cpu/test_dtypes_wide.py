@@ -111,3 +111,16 @@ def test_bf16_matmul_is_refused_clearly():
                [TensorType(dtypes.bf16, (2, 3))])
     with pytest.raises(EmberError, match="bf16 matmul.*cast the model to float32"):
         ember_compile(g)
+
+
+def test_text_ir_round_trips_bf16_and_u64_constants():
+    from ember.ir import parser, printer
+    g = Graph()
+    x = g.add_input("x", TensorType(dtypes.bf16, (2,)))
+    y = g.add_input("y", TensorType(dtypes.u64, (2,)))
+    g.outputs = [g.op("add", [x, g.add_const(np.array([1.5, -2.25], BF16), "c")]),
+                 g.op("add", [y, g.add_const(np.array([2**64 - 1, 3], np.uint64), "d")])]
+    back = parser.parse(printer.print_graph(g))
+    for a, b in zip(g.constants, back.constants):
+        assert a.data.dtype == b.data.dtype
+        np.testing.assert_array_equal(a.data, b.data)
