@@ -114,11 +114,15 @@ def _int_div(a, b):
     return np.floor_divide(a, b)
 
 
+def _is_float(a) -> bool:
+    return a.dtype.kind == "f" or a.dtype.name == "bfloat16"  # ml_dtypes' kind is "V"
+
+
 BINARY = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply,
-    "div": lambda a, b: np.divide(a, b).astype(a.dtype) if a.dtype.kind == "f" else _int_div(a, b),
+    "div": lambda a, b: np.divide(a, b).astype(a.dtype) if _is_float(a) else _int_div(a, b),
     "pow": np.power, "maximum": np.maximum, "minimum": np.minimum,
-    "mod": lambda a, b: np.fmod(a, b) if a.dtype.kind == "f" else np.mod(a, b),
+    "mod": lambda a, b: np.fmod(a, b) if _is_float(a) else np.mod(a, b),
 }
 COMPARE = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
            "gt": np.greater, "ge": np.greater_equal}

@@ -124,3 +124,12 @@ def test_text_ir_round_trips_bf16_and_u64_constants():
     for a, b in zip(g.constants, back.constants):
         assert a.data.dtype == b.data.dtype
         np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_bf16_div_and_mod_are_float_ops_in_the_reference():
+    # ml_dtypes.bfloat16 has numpy kind "V": the reference must still divide, not floor-divide
+    g = _graph(lambda g, x, y: [g.op("div", [x, y]), g.op("mod", [x, y])], [TensorType(dtypes.bf16, (2,))] * 2)
+    x, y = np.array([7, -7], BF16), np.array([2, 2], BF16)
+    for got in (interpret(g, [x, y]), ember_compile(g)(x, y)):
+        np.testing.assert_array_equal(got[0].astype(np.float32), [3.5, -3.5])
+        np.testing.assert_array_equal(got[1].astype(np.float32), [1, -1])
