@@ -2815,3 +2815,74 @@ def _flex_attention(cx, ins, a):
         g_ = a["prob_mod"].g
         probs = cx.cast(_as_value(cx, _run_subgraph(cx, g_, {g_.input[0].name: probs}, "prob_mod")[0]), work)
     return cx.cast(cx.op("matmul", [probs, cx.cast(v, work)]), v.dtype)
+
+
+# ---------------------------------------------------------------- ai.onnx.preview.training
+#
+# One optimizer step, as plain arithmetic. The step count t decides branches and powers,
+# so it is a compile-time fact (cx.scalar); the learning rate stays a run-time tensor.
+
+_TRAINING = "ai.onnx.preview.training"
+
+
+def _optimizer(n_state, step):
+    def f(cx, ins, a):
+        vals = [v for v in ins]
+        r, t = vals[0], int(cx.scalar(1))
+        n = (len(vals) - 2) // (2 + n_state)
+        if n < 1 or len(vals) != 2 + n * (2 + n_state):
+            raise ShapeError(f"{cx.node.op_type}: {len(vals)} inputs do not form (R, T, X.., G.., states..)")
+        groups = [vals[2 + k * n: 2 + (k + 1) * n] for k in range(2 + n_state)]
+        outs = [[] for _ in range(1 + n_state)]
+        for i in range(n):
+            x = _float(groups[0][i], cx.node.op_type)
+            c = lambda v: _c(cx, v, x)  # noqa: E731
+            res = step(cx, c, cx.cast(r, x.dtype), t, x, groups[1][i], *[g[i] for g in groups[2:]], a=a)
+            for k, v in enumerate(res):
+                outs[k].append(v)
+        return [v for o in outs for v in o]
+    return f
+
+
+def _mul(cx, *xs):
+    out = xs[0]
+    for v in xs[1:]:
+        out = cx.op("mul", [out, v])
+    return out
+
+
+def _adagrad_step(cx, c, r, t, x, g, h, a):
+    g = cx.op("add", [cx.op("mul", [c(a.get("norm_coefficient", 0.0)), x]), g])
+    h = cx.op("add", [h, cx.op("mul", [g, g])])
+    rate = cx.op("div", [r, c(1.0 + t * a.get("decay_factor", 0.0))])
+    den = cx.op("add", [cx.op("sqrt", [h]), c(a.get("epsilon", 0.0))])
+    return [cx.op("sub", [x, cx.op("div", [cx.op("mul", [rate, g]), den])]), h]
+
+
+def _adam_step(cx, c, r, t, x, g, v, h, a):
+    alpha, beta = a.get("alpha", 0.9), a.get("beta", 0.999)
+    g = cx.op("add", [cx.op("mul", [c(a.get("norm_coefficient", 0.0)), x]), g])
+    v = cx.op("add", [cx.op("mul", [c(alpha), v]), cx.op("mul", [c(1 - alpha), g])])
+    h = cx.op("add", [cx.op("mul", [c(beta), h]), _mul(cx, c(1 - beta), g, g)])
+    den = cx.op("add", [cx.op("sqrt", [h]), c(a.get("epsilon", 0.0))])
+    rate = cx.op("mul", [r, c(math.sqrt(1 - beta ** t) / (1 - alpha ** t))]) if t > 0 else r
+    x = cx.op("sub", [x, cx.op("mul", [rate, cx.op("div", [v, den])])])
+    return [cx.op("mul", [c(1 - a.get("norm_coefficient_post", 0.0)), x]), v, h]
+
+
+def _momentum_step(cx, c, r, t, x, g, v, a):
+    alpha, beta, mode = a["alpha"], a["beta"] if t > 0 else 1.0, a["mode"]
+    g = cx.op("add", [cx.op("mul", [c(a["norm_coefficient"]), x]), g])
+    v = cx.op("add", [cx.op("mul", [c(alpha), v]), cx.op("mul", [c(beta), g])])
+    if mode == "standard":
+        step = v
+    elif mode == "nesterov":
+        step = cx.op("add", [g, cx.op("mul", [c(alpha), v])])
+    else:
+        raise ShapeError(f"Momentum mode must be standard or nesterov, got {mode!r}")
+    return [cx.op("sub", [x, cx.op("mul", [r, step])]), v]
+
+
+DOMAIN_CONVERTERS[(_TRAINING, "Adagrad")] = _optimizer(1, _adagrad_step)
+DOMAIN_CONVERTERS[(_TRAINING, "Adam")] = _optimizer(2, _adam_step)
+DOMAIN_CONVERTERS[(_TRAINING, "Momentum")] = _optimizer(1, _momentum_step)

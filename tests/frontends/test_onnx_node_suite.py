@@ -36,8 +36,8 @@ EXCLUDE: list[tuple[str, str]] = [
     (r"(?<!reverse)sequence|optional|_opt$|_opt_|_seq(_|$)",
      "sequences and optionals (Ember values are tensors; If/Loop/Scan over tensors are expanded)"),
     # -- training, randomness, data-dependent shapes
-    (r"^test_training_dropout(?!_zero_ratio)|adagrad|adam|momentum|^test_bernoulli|^test_random",
-     "random dropout, optimizers and random number generators (inference only)"),
+    (r"^test_training_dropout(?!_zero_ratio)|^test_bernoulli|^test_random",
+     "random dropout and random number generators (no random source in compiled graphs)"),
     (r"nonzero|unique|compress|nonmaxsuppression",
      "outputs whose shape depends on the data (Ember compiles shapes ahead of time)"),
     (r"empty_tensor|empty_string|slice_start_out_of_bounds|kernel_size_one",
