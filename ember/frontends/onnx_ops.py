@@ -2886,3 +2886,92 @@ def _momentum_step(cx, c, r, t, x, g, v, a):
 DOMAIN_CONVERTERS[(_TRAINING, "Adagrad")] = _optimizer(1, _adagrad_step)
 DOMAIN_CONVERTERS[(_TRAINING, "Adam")] = _optimizer(2, _adam_step)
 DOMAIN_CONVERTERS[(_TRAINING, "Momentum")] = _optimizer(1, _momentum_step)
+
+
+# ---------------------------------------------------------------- ai.onnx.ml (numeric ops)
+
+_ML = "ai.onnx.ml"
+
+
+@conv("Binarizer", domain=_ML)
+def _binarizer(cx, ins, a):
+    x = ins[0]
+    return cx.cast(cx.op("gt", [x, _c(cx, a.get("threshold", 0.0), x)]), x.dtype)
+
+
+@conv("ArrayFeatureExtractor", domain=_ML)
+def _array_feature_extractor(cx, ins, a):
+    x, idx = ins[0], ins[1]
+    n = prod(idx.shape)
+    y = cx.op("index_select", [x, _reshape(cx, cx.cast(idx, dtypes.i64), (n,))], {"axis": _rank(x) - 1})
+    return _reshape(cx, y, (1, n)) if _rank(x) == 1 else y
+
+
+@conv("TreeEnsemble", domain=_ML)
+def _tree_ensemble(cx, ins, a):
+    """Every leaf is reached when the decisions along its path hold: the ensemble is a sum
+    (or min / max) over leaves of where(path, weight, identity), with the tree structure
+    walked at compile time."""
+    x = _float(ins[0], "TreeEnsemble")
+    if _rank(x) != 2:
+        raise ShapeError(f"TreeEnsemble needs X of shape [N, F], got {list(x.shape)}")
+    arr = lambda k, default=None: None if a.get(k, default) is None else \
+        np.asarray(a.get(k, default)).reshape(-1)  # noqa: E731
+    feat, modes, splits = arr("nodes_featureids"), arr("nodes_modes"), arr("nodes_splits")
+    t_ids, t_leaf, f_ids, f_leaf = (arr(k) for k in ("nodes_truenodeids", "nodes_trueleafs",
+                                                     "nodes_falsenodeids", "nodes_falseleafs"))
+    missing = arr("nodes_missing_value_tracks_true")
+    weights, targets = arr("leaf_weights"), arr("leaf_targetids")
+    members = iter(arr("membership_values", []) if a.get("membership_values") is not None else [])
+    agg, post = a.get("aggregate_function", 1), a.get("post_transform", 0)
+    if post != 0:
+        raise Unsupported(f"TreeEnsemble post_transform {post} (only NONE)")
+    n_targets = a["n_targets"]
+    k = lambda v: _c(cx, v, x)  # noqa: E731
+    cmp = {0: "le", 1: "lt", 2: "ge", 3: "gt", 4: "eq", 5: "ne"}
+    decision = {}
+    for i in range(len(modes)):  # BRANCH_MEMBER sets are listed in node order, NaN-delimited
+        xi = _reshape(cx, cx.op("slice", [x], {"axis": 1, "start": int(feat[i]), "end": int(feat[i]) + 1}),
+                      (x.shape[0],))
+        if int(modes[i]) == 6:
+            d = None
+            for v in members:  # this node's set runs up to the next NaN
+                if np.isnan(v):
+                    break
+                e = cx.op("eq", [xi, k(float(v))])
+                d = e if d is None else cx.op("logical_or", [d, e])
+            d = d if d is not None else cx.op("ne", [xi, xi])  # an empty set: never (NaN != NaN only)
+        elif int(modes[i]) in cmp:
+            d = cx.op(cmp[int(modes[i])], [xi, k(float(splits[i]))])
+        else:
+            raise Unsupported(f"TreeEnsemble node mode {int(modes[i])}")
+        if missing is not None and int(missing[i]):
+            d = cx.op("logical_or", [d, cx.op("ne", [xi, xi])])  # NaN takes the true branch
+        decision[i] = d
+    ident = {0: 0.0, 1: 0.0, 2: float(np.finfo(x.dtype.np).max), 3: float(np.finfo(x.dtype.np).min)}.get(agg)
+    if ident is None:
+        raise Unsupported(f"TreeEnsemble aggregate_function {agg}")
+    combine = {0: "add", 1: "add", 2: "minimum", 3: "maximum"}[agg]
+    per_target = {}
+
+    def walk(node, path, depth=0):
+        if depth > 64:
+            raise ShapeError("TreeEnsemble: the trees are deeper than 64 (a cycle?)")
+        d = decision[node]
+        for leaf, nxt, cond in ((t_leaf[node], t_ids[node], d),
+                                (f_leaf[node], f_ids[node], cx.op("logical_not", [d]))):
+            p = cond if path is None else cx.op("logical_and", [path, cond])
+            if int(leaf):
+                w = float(weights[int(nxt)]) / (len(roots) if agg == 0 else 1)
+                term = _where(cx, p, k(w), k(0.0 if agg in (0, 1) else ident))
+                tid = int(targets[int(nxt)])
+                per_target[tid] = term if tid not in per_target else cx.op(combine, [per_target[tid], term])
+            else:
+                walk(int(nxt), p, depth + 1)
+    roots = [int(r) for r in a["tree_roots"]]
+    for r in roots:
+        walk(r, None)
+    cols = [_unsqueeze(cx, per_target.get(t, cx.op("full", [], {"shape": (x.shape[0],), "value": ident,
+                                                                  "dtype": x.dtype})), [1])
+            for t in range(n_targets)]
+    return cols[0] if n_targets == 1 else cx.op("concat", cols, {"axis": 1})

@@ -27,7 +27,6 @@ EXCLUDE: list[tuple[str, str]] = [
      "4/8-bit floats and 2/4-bit ints: no such Ember dtype"),
     (r"string|strnorm|regex_|tfidf|label_encoder|image_decoder",
      "string tensors (and image decoding): Ember tensors are numeric"),
-    (r"ai_onnx_ml_", "the ai.onnx.ml domain (classic ML operators) is not supported"),
     # -- bf16 (elementwise ops, reductions and casts compile; matmul-based kernels do not yet)
     (r"attention_.*_bf16",
      "bf16 attention: the GEMM and attention kernels do not convert bf16 operands yet"),
