@@ -155,3 +155,14 @@ def test_portable_fallback(monkeypatch):
     monkeypatch.setattr(toolchain, "FLAGS", toolchain.FLAGS + ("-mno-avx2", "-mno-fma"))
     g = build(16, dv=5, mask_shape=(B, 1, 1, SK), causal=True)
     check(g, [inputs(b, sq, sk, 16, dv=5) + [_pad_mask(b, sk, -np.inf)] for b, sq, sk in SIZES[:8]])
+
+
+@pytest.mark.parametrize("shape", [(SK,), (H, 1, SK), (B, H, SQ, 1)])
+def test_masks_of_other_ranks_and_broadcasts(shape):
+    g = build(3, mask_shape=shape)
+    sets = []
+    for b, sq, sk in SIZES[:8]:
+        env = {"b": b, "sq": sq, "sk": sk}
+        m = rand(*[env[str(d)] if not isinstance(d, int) else d for d in shape], scale=2.0)
+        sets.append(inputs(b, sq, sk, 3) + [m])
+    check(g, sets)
