@@ -13,6 +13,7 @@ importer gathers those and reports them all at once.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 
@@ -1146,8 +1147,7 @@ def _from_2d(cx, y, nd):
     return _reshape(cx, y, (y.shape[0], y.shape[1], y.shape[3])) if nd == 1 else y
 
 
-@conv("Conv")
-def _conv(cx, ins, a):
+def _conv_2d(cx, ins, a):
     x, w, b = ins[0], ins[1], ins[2]
     nd = _rank(x) - 2
     kernel = list(a.get("kernel_shape") or w.shape[2:])
@@ -1166,8 +1166,7 @@ def _conv(cx, ins, a):
     return _from_2d(cx, y, nd)
 
 
-@conv("ConvTranspose")
-def _conv_transpose(cx, ins, a):
+def _conv_transpose_2d(cx, ins, a):
     x, w, b = ins[0], ins[1], ins[2]
     nd = _rank(x) - 2
     g = a.get("group", 1)
@@ -1266,8 +1265,6 @@ def _pool(kind):
     return f
 
 
-CONVERTERS["MaxPool"] = _pool("max")
-CONVERTERS["AveragePool"] = _pool("avg")
 
 
 @conv("CumSum")
@@ -1386,7 +1383,6 @@ def _resize_matrix(n_in, n_out, scale, mode, a, roi, antialias, opset):
 def _resize_axis(cx, x, ax, m, outside, mode, extrapolation):
     """Apply one axis' resize matrix: a gather for nearest (exact for every dtype), else a
     matmul with the axis moved last."""
-    n_out = m.shape[0]
     if mode == "nearest" and not outside.any():
         src = cx.const_array(m.argmax(axis=1).astype(np.int64), dtypes.i64)
         return cx.op("index_select", [x, src], {"axis": ax})
@@ -1812,8 +1808,7 @@ def _lrn(cx, ins, a):
     return cx.op("div", [x, cx.op("pow", [den, _c(cx, beta, x)])])
 
 
-@conv("LpPool")
-def _lp_pool(cx, ins, a):
+def _lp_pool_2d(cx, ins, a):
     x = _float(ins[0], "LpPool")
     nd = _rank(x) - 2
     if a.get("ceil_mode", 0):
@@ -1912,8 +1907,6 @@ def _max_pool(cx, ins, a):
         return _max_pool_indices(cx, ins[0], a)
     return _pool("max")(cx, ins, a)
 
-
-CONVERTERS["MaxPool"] = _max_pool
 
 
 # ---------------------------------------------------------------- bit manipulation
@@ -2421,14 +2414,12 @@ def _pool_nd(cx, x, kind, a):
 
 
 def _pool_any(kind):
-    base = _pool(kind) if kind == "avg" else None
-
     def f(cx, ins, a):
         x = ins[0]
         nd = _rank(x) - 2
         dilated = any(d != 1 for d in a.get("dilations", [1] * nd))
-        if nd in (1, 2) and not (kind == "avg" and dilated):
-            return base(cx, ins, a) if base else _max_pool(cx, ins, a)
+        if nd in (1, 2) and not (kind == "avg" and dilated):  # the 2-D pooling ops
+            return _max_pool(cx, ins, a) if kind == "max" else _pool("avg")(cx, ins, a)
         if len([o for o in cx.node.output if o]) > 1:
             raise Unsupported("MaxPool's Indices output (only 2-D)")
         if kind == "max":
@@ -2440,7 +2431,6 @@ def _pool_any(kind):
 
 CONVERTERS["MaxPool"] = _pool_any("max")
 CONVERTERS["AveragePool"] = _pool_any("avg")
-_lp_pool_2d = CONVERTERS["LpPool"]
 
 
 @conv("LpPool")
@@ -2504,11 +2494,12 @@ def _deform_conv(cx, ins, a):
     base = _reshape(cx, cx.const_array(np.arange(N, dtype=np.int64) * H * W, dtypes.i64), (N, 1, 1, 1, 1))
     cols = []
     for g in range(G):
-        og = lambda c: _reshape(cx, cx.op("slice", [cx.op("slice", [off], {"axis": 1, "start": g, "end": g + 1})],  # noqa: E731
-                                                   {"axis": 4, "start": c, "end": c + 1}), (N, kh, kw, oh, ow))
+        off_g = cx.op("slice", [off], {"axis": 1, "start": g, "end": g + 1})
         taps = []
         for c0, length, pos in ((0, H, y0), (1, W, x0)):  # bilinear taps along y, then x
-            coord = cx.op("add", [og(c0), cx.const_array(pos.astype(X.dtype.np), X.dtype)])
+            delta = _reshape(cx, cx.op("slice", [off_g], {"axis": 4, "start": c0, "end": c0 + 1}),
+                             (N, kh, kw, oh, ow))
+            coord = cx.op("add", [delta, cx.const_array(pos.astype(X.dtype.np), X.dtype)])
             lo = cx.op("floor", [coord])
             t = cx.op("sub", [coord, lo])
             axis = []
@@ -2722,10 +2713,6 @@ def _conv3d(cx, x, w, b, strides, dil, groups):
     return y if b is None else cx.op("add", [y, _reshape(cx, b, (M, 1, 1, 1))])
 
 
-_conv_2d = CONVERTERS["Conv"]
-_conv_transpose_2d = CONVERTERS["ConvTranspose"]
-
-
 @conv("Conv")
 def _conv_any(cx, ins, a):
     x, w, b = ins[0], ins[1], ins[2]
@@ -2789,7 +2776,7 @@ def _flex_attention(cx, ins, a):
     q, k, v = _float(ins[0], "FlexAttention"), ins[1], ins[2]
     if not all(_rank(t) == 4 for t in (q, k, v)):
         raise ShapeError("FlexAttention needs rank-4 Q, K and V")
-    B, hq, L, E = q.shape
+    B, hq, _, E = q.shape
     hkv, S = k.shape[1], k.shape[2]
     if hq != hkv:
         if not (isinstance(hq, int) and isinstance(hkv, int)) or hq % hkv:
@@ -2836,7 +2823,7 @@ def _optimizer(n_state, step):
         outs = [[] for _ in range(1 + n_state)]
         for i in range(n):
             x = _float(groups[0][i], cx.node.op_type)
-            c = lambda v: _c(cx, v, x)  # noqa: E731
+            c = functools.partial(_c, cx, like=x)  # a scalar constant of x's dtype
             res = step(cx, c, cx.cast(r, x.dtype), t, x, groups[1][i], *[g[i] for g in groups[2:]], a=a)
             for k, v in enumerate(res):
                 outs[k].append(v)
