@@ -35,14 +35,15 @@ from ...lower.attention import Attention
 from .codegen import c_dim, c_literal, template
 from .gemm import PARALLEL_MACS
 
-QB, KB = 16, 64
+QB = 16        # queries per task: the 16 lanes (two ymm vectors) of every micro-kernel
+KB = 64        # keys per online-softmax step: the 64 x 16 score tile stays in L1
+ROWWISE = 4    # query blocks this small go row by row
 
-_COMMON = r"""/* fused attention (backends/cpu/attention.py) */
+_COMMON = f"""/* fused attention (backends/cpu/attention.py) */
 #include <stdlib.h>
-#define EMBER_ATT_QB 16
-#define EMBER_ATT_KB 64
-#define EMBER_ATT_ROWWISE 4   /* blocks of at most this many queries go row by row */
-typedef struct {
+#define EMBER_ATT_KB {KB}
+#define EMBER_ATT_ROWWISE {ROWWISE}
+""" + r"""typedef struct {
   const float *q, *k, *v, *mask; float *out;
   int64_t sq, sk, d, dv;
   int64_t qs, qd, ks, kd, vs, vd, ms, mk;  /* strides: q rows/cols, k, v, mask query/key */
