@@ -3,6 +3,7 @@ from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
 from .fold_constants import fold_constants
+from .fuse_qdq import fuse_qdq
 from .manager import PassManager
 from .recognize import recognize
 from .simplify import simplify
@@ -13,6 +14,7 @@ PIPELINES = {
     0: [],
     1: CLEANUP,
     2: CLEANUP + [("fold_batch_norm", fold_batch_norm), ("recognize", recognize),
+                  ("fuse_qdq", fuse_qdq),
                   ("fold_constants_2", fold_constants), ("simplify_2", simplify),
                   ("cse_2", eliminate_common_subexpressions), ("dce_2", eliminate_dead_code)],
 }
@@ -26,4 +28,4 @@ def default_pipeline(opt_level: int = 2, dump_after=(), verify=None, example_inp
 
 
 __all__ = ["PASS_NAMES", "PassManager", "default_pipeline", "eliminate_common_subexpressions",
-           "eliminate_dead_code", "fold_batch_norm", "fold_constants", "recognize", "simplify"]
+           "eliminate_dead_code", "fold_batch_norm", "fold_constants", "fuse_qdq", "recognize", "simplify"]

@@ -1,0 +1,159 @@
+"""Fuse QDQ groups of an already-quantized model into the int8 ops.
+
+A QDQ model (ONNX Runtime's ``quantize_static``) says "this layer runs in int8" as
+
+    linear(dequantize_linear(xq, sx, zx), W, [b])        W = dequantize(wq, sw) at import
+    conv2d(dequantize_linear(xq, sx, zx), W, [b])
+
+and, run as written, simulates int8 in fp32. This pass rewrites them to
+
+    quant_linear(xq, sx, zx, wq, sw, [b])    quant_conv2d(xq, sx, zx, wq, sw, [b]) {attrs}
+
+whose lowerings are the integer kernels. The ``quantize_linear`` that requantizes the output
+(and its ``dequantize_linear`` feeding the next layer) is left as it is: it consumes the
+f32 result exactly as before.
+
+The int8 weight. The importer (and ``fold_constants``) already turn ``dequantize_linear`` of
+a constant into an f32 constant, so the weight usually arrives as f32 ``W``; a
+``dequantize_linear`` of a constant with zero point 0 is taken as it stands. From f32 ``W``
+the pass recovers ``wq`` (i8) and ``sw`` (per tensor, else per output channel) and accepts
+them only if ``dequantize_linear(wq, sw)`` reproduces ``W`` bit for bit; otherwise the layer
+stays fp32. The candidate scales are ``max|W| / qmax`` (qmax 127, or 63 for reduce_range)
+and their f32 neighbours: symmetric int8 quantizers map the largest weight to +-qmax.
+Nothing is guessed: the check is exact, so a weight that was never int8 is never touched.
+
+What is exact. Let X = (xq - zx) * sx and W the (reproduced) weights. The integer sum
+``acc = sum_k (xq - zx) * wq`` is exact (int32 when it provably fits, int64 otherwise: the
+lowering decides), so ``quant_linear`` returns ``f32(acc) * f32(sx * sw) + b``, i.e. the
+exact real value of ``sum_k X_k W_k`` up to three f32 roundings (acc -> f32 when
+|acc| >= 2**24, sx * sw, the product) and a half-ulp difference per weight between
+``wq * sw`` and its f32 rounding ``W``. The fp32 path it replaces rounds every one of its
+K products and K-1 partial sums, so the new result is at least as close to the exact value
+as the old; the two differ by fp32 accumulation rounding, about K * 2**-24 relative to
+sum |X_k W_k|, which is what the ONNX spec allows a MatMul/Conv (it fixes no summation
+order). A requantizing ``quantize_linear`` after it can therefore move an output by one
+code where the value sits within that rounding of a .5 tie, never more.
+
+The int8 GEMM's fast u7 route needs activation codes provably in [0, 127]; a static QDQ
+activation is a full-range 8-bit code, so the lowering takes the exact s16 route for it.
+Correctness never depends on the range the data happens to have.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import dtypes
+from .pattern import Const, Op, Var, apply_rules
+
+QMAXES = (127, 63)   # symmetric int8 weights; 63: ONNX Runtime's reduce_range weights
+NEIGHBOURS = 2       # f32 steps tried on each side of max|W| / qmax
+
+
+def _dequantizes_to(wq: np.ndarray, s: np.ndarray, w: np.ndarray) -> bool:
+    """dequantize_linear(wq, s) == w bit for bit (the op's own f32 arithmetic)."""
+    return bool(np.array_equal((wq.astype(np.float32) * s).astype(np.float32), w))
+
+
+def _try_scales(w2: np.ndarray, amax: np.ndarray):
+    """(wq, scale) with dequantize(wq, scale) == w2 for some candidate scale per row of
+    ``w2`` (``amax`` [rows, 1]: each row's max |w|), or None."""
+    rows = w2.shape[0]
+    for qmax in QMAXES:
+        base = (amax / np.float32(qmax)).astype(np.float32)
+        found = np.zeros(rows, bool)
+        wq = np.zeros(w2.shape, np.int8)
+        scale = np.ones((rows, 1), np.float32)
+        cands, up, down = [base], base, base
+        for _ in range(NEIGHBOURS):  # the f32 rounding of the quantizer's own division
+            up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+            cands += [up.astype(np.float32), down.astype(np.float32)]
+        for s in cands:
+            safe = np.where(s > 0, s, np.float32(1))
+            q = np.rint(w2.astype(np.float64) / safe.astype(np.float64))
+            ok = np.all((q >= -128) & (q <= 127), axis=1)
+            q = np.clip(q, -128, 127).astype(np.int8)
+            ok &= np.all((q.astype(np.float32) * safe).astype(np.float32) == w2, axis=1)
+            new = ok & ~found
+            wq[new], scale[new] = q[new], safe[new]
+            found |= ok
+        if found.all():
+            return wq, scale.reshape(-1)
+    return None
+
+
+def int8_weight(w: np.ndarray):
+    """(wq i8, scale f32 [] or [rows]) such that dequantize_linear(wq, scale) == w exactly,
+    scales along axis 0 (a linear's out features, a conv's out channels); None if none found.
+
+    >>> wq, s = int8_weight(np.float32([[0.5, -1.0], [2.0, 0.0]]))   # per row: s = [1/127, 2/127]
+    """
+    w = np.ascontiguousarray(w, np.float32)
+    if w.ndim < 1 or w.size == 0 or not np.all(np.isfinite(w)):
+        return None
+    w2 = w.reshape(w.shape[0], -1)
+    amax = np.abs(w2).max()
+    per_tensor = _try_scales(w.reshape(1, -1), np.full((1, 1), amax, np.float32))
+    if per_tensor is not None:
+        return per_tensor[0].reshape(w.shape), np.asarray(per_tensor[1][0], np.float32)
+    per_row = _try_scales(w2, np.abs(w2).max(axis=1, keepdims=True))
+    if per_row is not None:
+        return per_row[0].reshape(w.shape), per_row[1]
+    return None
+
+
+def _weight(v):
+    """The int8 form (wq, scale) of a weight operand, or None."""
+    if v.kind == "const" and v.data is not None:
+        return int8_weight(v.data) if v.dtype is dtypes.f32 else None
+    n = v.producer
+    if n is None or n.op != "dequantize_linear" or n.attrs["axis"] % v.type.rank != 0:
+        return None
+    consts = [i.data for i in n.inputs if i.kind == "const"]
+    if len(consts) != len(n.inputs) or n.inputs[0].dtype is not dtypes.i8 or \
+            (len(consts) == 3 and np.any(consts[2])):
+        return None  # the int8 GEMM takes symmetric i8 weights (zero point 0)
+    s = consts[1].astype(np.float32)
+    return consts[0], (s.reshape(()) if s.size == 1 else s)
+
+
+def _activation(g, m):
+    """(xq, sx, zx) of the dequantized input, per tensor, as the int8 ops take them, or None."""
+    xq, sx = m["xq"], m["sx"]
+    if sx.data.size != 1:
+        return None  # a per-channel activation scale has no int8 op (quant_linear: per row only)
+    zd = m["zx"].data if "zx" in m else np.zeros((), xq.dtype.np)
+    sx = g.add_const(sx.data.reshape(()).astype(np.float32), f"{sx.name}_s", dtypes.f32)
+    zx = g.add_const(zd.reshape(()), f"{sx.name}_zp", xq.dtype)
+    return xq, sx, zx
+
+
+def _fuse(op):
+    def build(g, m):
+        n = m.root.producer
+        if len(n.inputs) == 3 and (n.inputs[2].kind != "const" or n.inputs[2].data is None
+                                   or n.inputs[2].dtype is not dtypes.f32):
+            return None
+        w = _weight(n.inputs[1])
+        act = _activation(g, m) if w is not None else None
+        if act is None:
+            return None
+        wq, ws = w
+        wq_v = g.add_const(wq, f"{n.inputs[1].name}_q", dtypes.i8)
+        ws_v = g.add_const(np.asarray(ws, np.float32), f"{n.inputs[1].name}_scale", dtypes.f32)
+        return g.op(op, [*act, wq_v, ws_v, *n.inputs[2:]], n.attrs if op == "quant_conv2d" else {},
+                    source=n.source)
+    return build
+
+
+def _dq(with_zp: bool):
+    args = [Var("xq"), Const("sx")] + ([Const("zx")] if with_zp else [])
+    return Op("dequantize_linear", *args)
+
+
+RULES = [(f"{name}-{'zp' if zp else 'nozp'}", Op(op, _dq(zp), Var("w"), *bias), _fuse(q))
+         for name, op, q in (("qdq-linear", "linear", "quant_linear"), ("qdq-conv2d", "conv2d", "quant_conv2d"))
+         for zp in (True, False) for bias in ((), (Var("b"),))]
+
+
+def fuse_qdq(g, log=None):
+    return apply_rules(g, RULES, log=log)
