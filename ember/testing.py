@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import interpret
+from .ir import dtypes, interpret
 
 
 def tolerance(dtype) -> tuple[float, float]:
-    return {"float16": (2e-3, 2e-3), "float64": (1e-10, 1e-10)}.get(np.dtype(dtype).name, (1e-5, 1e-5))
+    return {"float16": (2e-3, 2e-3), "bfloat16": (1e-2, 1e-2),
+            "float64": (1e-10, 1e-10)}.get(np.dtype(dtype).name, (1e-5, 1e-5))
 
 
 def check_against_reference(graph, input_sets, rtol=None, atol=None, compiled=None, opt_level=0):
@@ -27,7 +28,7 @@ def check_against_reference(graph, input_sets, rtol=None, atol=None, compiled=No
         for k, (g, w) in enumerate(zip(got, want)):
             assert g.shape == w.shape, f"output {k}: shape {g.shape} != reference {w.shape}"
             assert g.dtype == w.dtype, f"output {k}: dtype {g.dtype} != reference {w.dtype}"
-            if w.dtype.kind == "f":
+            if dtypes.np_is_float(w.dtype):
                 r, a = tolerance(w.dtype)
                 np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64),
                                            rtol=rtol or r, atol=atol or a,

@@ -60,6 +60,13 @@ def _bfloat16() -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16)
 
 
+def np_is_float(dt) -> bool:
+    """Whether a numpy dtype holds floating-point values (ml_dtypes.bfloat16 included, which
+    numpy itself reports as kind 'V')."""
+    dt = np.dtype(dt)
+    return dt.kind in "fc" or dt.name == "bfloat16"
+
+
 def from_numpy(dt) -> DType:
     """The Ember dtype for a numpy dtype (float32 -> f32; ml_dtypes.bfloat16 -> bf16)."""
     dt = np.dtype(dt)

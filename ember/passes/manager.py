@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import VerificationError
-from ..ir import interpret, verify as verify_ir
+from ..ir import dtypes, interpret, verify as verify_ir
 from ..ir.symbolic import evaluate
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -79,7 +79,7 @@ def compare(pass_name, want, got, log) -> float:
         if w.shape != o.shape or w.dtype != o.dtype:
             raise VerificationError(f"pass {pass_name!r} changed output {k} from {w.dtype}{list(w.shape)} "
                                     f"to {o.dtype}{list(o.shape)}")
-        if w.dtype.kind not in "fc":
+        if not dtypes.np_is_float(w.dtype):
             bad = int(np.sum(w != o))
             if bad:
                 raise VerificationError(f"pass {pass_name!r} changed {bad} element(s) of output {k}"
@@ -120,7 +120,7 @@ def random_inputs(g, size: int = 3, seed: int = 0) -> list[np.ndarray]:
     for v in g.inputs:
         shape = tuple(evaluate(d, env) for d in v.shape)
         dt = v.dtype.np
-        if dt.kind == "f":
+        if dtypes.np_is_float(dt):
             out.append(rng.standard_normal(shape).astype(dt))
         elif dt.kind == "b":
             out.append(rng.random(shape) < 0.5)

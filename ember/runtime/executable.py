@@ -343,4 +343,6 @@ class NativeModule:
 
 
 def _torch_dtype(torch, np_dtype):
+    if np.dtype(np_dtype).name == "bfloat16":   # ml_dtypes' type: torch.from_numpy refuses it
+        return torch.bfloat16
     return torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype

@@ -22,7 +22,16 @@ _FROM_NP = {np.dtype(v).str.replace("|", "").lstrip("<"): k for k, v in _TO_NP.i
 MAX_HEADER = 100 * 1024 * 1024  # the official reader's limit too
 
 
+def _np_dtype(code: str) -> np.dtype:
+    if code == "BF16":
+        from ..ir.dtypes import bf16
+        return bf16.np
+    return np.dtype(_TO_NP[code])
+
+
 def _code(dt: np.dtype) -> str:
+    if np.dtype(dt).name == "bfloat16":   # ml_dtypes' type: numpy calls it '<V2'
+        return "BF16"
     code = _FROM_NP.get(np.dtype(dt).newbyteorder("<").str.replace("|", "").lstrip("<"))
     if code is None:
         raise ArtifactError(f"safetensors cannot hold dtype {dt}")
@@ -66,7 +75,7 @@ def save(tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | None =
         f.write(len(header).to_bytes(8, "little"))
         f.write(header)
         for a in order:
-            f.write(memoryview(a.reshape(-1)).cast("B"))
+            f.write(memoryview(a.reshape(-1).view(np.uint8)))  # the bytes of any dtype, bf16 too
 
 
 def read_header(buf, where: str = "safetensors file") -> tuple[dict, int]:
@@ -88,7 +97,7 @@ def read_header(buf, where: str = "safetensors file") -> tuple[dict, int]:
         if name == "__metadata__":
             continue
         try:
-            dt = np.dtype(_TO_NP[info["dtype"]])
+            dt = _np_dtype(info["dtype"])
             shape = [int(d) for d in info["shape"]]
             b, e = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
@@ -128,7 +137,7 @@ def load(path, mmap_mode: bool = True) -> dict[str, np.ndarray]:
         if name == "__metadata__":
             continue
         b, e = info["data_offsets"]
-        dt = np.dtype(_TO_NP[info["dtype"]])
+        dt = _np_dtype(info["dtype"])
         arr = np.frombuffer(buf, dtype=dt, count=(e - b) // dt.itemsize, offset=start + b)
         out[name] = arr.reshape(info["shape"])
     return out

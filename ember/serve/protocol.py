@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # Ember dtype name <-> v2 datatype. BYTES (strings) has no Ember counterpart.
-TO_V2 = {"bool": "BOOL", "u8": "UINT8", "i8": "INT8", "i16": "INT16", "i32": "INT32",
-         "i64": "INT64", "f16": "FP16", "f32": "FP32", "f64": "FP64", "bf16": "BF16"}
+TO_V2 = {"bool": "BOOL", "u8": "UINT8", "u16": "UINT16", "u32": "UINT32", "u64": "UINT64",
+         "i8": "INT8", "i16": "INT16", "i32": "INT32", "i64": "INT64", "f16": "FP16", "f32": "FP32",
+         "f64": "FP64", "bf16": "BF16"}
 V2_NP = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
          "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
          "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+try:  # BF16 tensors are ml_dtypes.bfloat16 arrays (ember/ir/dtypes.py)
+    import ml_dtypes
+    V2_NP["BF16"] = ml_dtypes.bfloat16
+except ModuleNotFoundError:
+    pass
 HEADER_LENGTH = "inference-header-content-length"  # the binary extension's HTTP header
 
 
@@ -49,7 +55,7 @@ def _to_array(name: str, v2type: str, data, shape: list[int]) -> np.ndarray:
         arr = np.asarray(data)
     except ValueError as e:  # ragged nested lists
         raise RequestError(f"input {name!r}: data is not a regular array ({e})") from None
-    kinds = {"BOOL": "b"}.get(v2type, "iu" if np.dtype(want).kind in "iu" else "iuf")
+    kinds = {"BOOL": "b"}.get(v2type, "iu" if np.dtype(want).kind in "iu" else "iuf")  # bf16: kind V
     if arr.size and arr.dtype.kind not in kinds:
         raise RequestError(f"input {name!r}: data holds {arr.dtype.name} values, which datatype "
                            f"{v2type} cannot take")
@@ -144,7 +150,8 @@ def encode_infer(model_name: str, req: InferRequest, outputs: list[tuple[str, np
             e["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            e["data"] = arr.reshape(-1).tolist()
+            flat = arr.reshape(-1)
+            e["data"] = (flat.astype(np.float32) if v2type == "BF16" else flat).tolist()
         entries.append(e)
     head = {"model_name": model_name, "model_version": "1", "outputs": entries}
     if req.id is not None:
@@ -157,10 +164,8 @@ def encode_infer(model_name: str, req: InferRequest, outputs: list[tuple[str, np
 
 
 def _ember_name(dt: np.dtype) -> str:
-    return {"b": "bool", "u": "u8"}.get(dt.kind) or \
-        {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16",
-         np.dtype(np.int64): "i64", np.dtype(np.int32): "i32", np.dtype(np.int16): "i16",
-         np.dtype(np.int8): "i8"}[np.dtype(dt)]
+    from ..ir.dtypes import from_numpy
+    return from_numpy(dt).name
 
 
 def model_metadata(name: str, inputs, outputs) -> dict:
