@@ -34,6 +34,11 @@ sum |X_k W_k|, which is what the ONNX spec allows a MatMul/Conv (it fixes no sum
 order). A requantizing ``quantize_linear`` after it can therefore move an output by one
 code where the value sits within that rounding of a .5 tie, never more.
 
+Requantization with the same parameters, ``quantize(dequantize(q, s, z), s, z)`` (directly
+or through a reshape, as exporters put around Flatten), is the identity on ``q``: it becomes
+``q`` (or ``reshape(q)``), so the next layer's int8 op reads the codes directly. Exact for
+per-tensor ``s`` with 1e-30 < |s| < 1e30 (see ``_requantize_same``).
+
 The int8 GEMM's fast u7 route needs activation codes provably in [0, 127]; a static QDQ
 activation is a full-range 8-bit code, so the lowering takes the exact s16 route for it.
 Correctness never depends on the range the data happens to have.
@@ -121,9 +126,11 @@ def _activation(g, m):
     xq, sx = m["xq"], m["sx"]
     if sx.data.size != 1:
         return None  # a per-channel activation scale has no int8 op (quant_linear: per row only)
+    if "zx" in m and m["sx"].type.rank == 0:
+        return xq, sx, m["zx"]  # already as the int8 ops take them
     zd = m["zx"].data if "zx" in m else np.zeros((), xq.dtype.np)
-    sx = g.add_const(sx.data.reshape(()).astype(np.float32), f"{sx.name}_s", dtypes.f32)
     zx = g.add_const(zd.reshape(()), f"{sx.name}_zp", xq.dtype)
+    sx = g.add_const(sx.data.reshape(()).astype(np.float32), f"{sx.name}_s", dtypes.f32)
     return xq, sx, zx
 
 
@@ -145,6 +152,23 @@ def _fuse(op):
     return build
 
 
+def _same_params(a, b) -> bool:
+    return a is b or (a.kind == "const" and b.kind == "const" and a.data is not None and b.data is not None
+                      and a.type == b.type and np.array_equal(a.data, b.data))
+
+
+def _requantize_same(g, m):
+    """quantize(f(dequantize(q, s, z)), s, z) -> f(q) for a per-tensor s, z and a data
+    movement f (a reshape, or nothing): exact, since |q - z| <= 255 and the two f32
+    roundings move (q - z) * s / s by far less than the 0.5 that rint needs to change it."""
+    sv = abs(float(m["s"].data.reshape(-1)[0])) if m["s"].data.size == 1 else 0.0
+    if not 1e-30 < sv < 1e30 or not (_same_params(m["s"], m["s2"]) and _same_params(m["z"], m["z2"])):
+        return None
+    if "mid" not in m:
+        return m["q"]
+    return g.op("reshape", [m["q"]], m.node("mid").attrs, source=m.node("mid").source)
+
+
 def _dq(with_zp: bool):
     args = [Var("xq"), Const("sx")] + ([Const("zx")] if with_zp else [])
     return Op("dequantize_linear", *args)
@@ -153,6 +177,12 @@ def _dq(with_zp: bool):
 RULES = [(f"{name}-{'zp' if zp else 'nozp'}", Op(op, _dq(zp), Var("w"), *bias), _fuse(q))
          for name, op, q in (("qdq-linear", "linear", "quant_linear"), ("qdq-conv2d", "conv2d", "quant_conv2d"))
          for zp in (True, False) for bias in ((), (Var("b"),))]
+
+
+_DQ = Op("dequantize_linear", Var("q"), Const("s"), Const("z"))
+RULES += [("requantize-same", Op("quantize_linear", _DQ, Const("s2"), Const("z2")), _requantize_same),
+          ("requantize-same-reshape", Op("quantize_linear", Op("reshape", _DQ, name="mid"), Const("s2"), Const("z2")),
+           _requantize_same)]
 
 
 def fuse_qdq(g, log=None):
