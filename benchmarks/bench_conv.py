@@ -3,7 +3,7 @@
     flock /tmp/ember-bench.lock .venv/bin/python benchmarks/bench_conv.py [--only stem] [--seconds 2]
 
 Each layer is compiled alone as conv2d + bias + ReLU (what batch-norm folding and epilogue
-fusion leave of a ResNet conv), batch 1, float32, all threads. Contenders run interleaved
+fusion leave of a ResNet conv), batch 1, float32, all threads (or ``--threads``). Contenders run interleaved
 (ember/timing.py) and the table reports medians; GFLOP/s counts 2 * MACs of the convolution.
 """
 from __future__ import annotations
@@ -49,7 +49,10 @@ def main():
     ap.add_argument("--only", default="", help="substring of the layer names to run")
     ap.add_argument("--seconds", type=float, default=2.0, help="time cap per layer")
     ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="threads for every contender (default: all)")
     args = ap.parse_args()
+    if args.threads:  # one thread is the steadier measure of kernel quality on a shared machine
+        torch.set_num_threads(args.threads)
     ort_runner = None
     if not args.no_ort:
         try:
@@ -67,7 +70,7 @@ def main():
         x = torch.randn(1, C, H, H)
         Ho = (H + 2 * p - k) // s + 1
         flops = 2.0 * O * Ho * Ho * C * k * k
-        compiled = ember.compile(m, (x,))
+        compiled = ember.compile(m, (x,), threads=args.threads or None)
         xn = x.numpy()
         with torch.no_grad():
             want = m(x).numpy()

@@ -108,36 +108,85 @@ _GEMV_AVX = r"""static inline void ember_gemv16(int64_t K, const float *restrict
 }
 """
 
-_GEMV_PORTABLE = r"""static inline void ember_gemv16(int64_t K, const float *restrict a, int64_t sa,
-    const float *restrict b, float *restrict y) {
-  float t[4][16] = {{0}};
-  int64_t k = 0;
-  for (; k + 4 <= K; k += 4)
-    for (int u = 0; u < 4; u++) for (int j = 0; j < 16; j++) t[u][j] += a[(k + u) * sa] * b[16 * (k + u) + j];
-  for (; k < K; k++) for (int j = 0; j < 16; j++) t[0][j] += a[k * sa] * b[16 * k + j];
-  for (int j = 0; j < 16; j++) y[j] = (t[0][j] + t[1][j]) + (t[2][j] + t[3][j]);
+_PACK_IMG_AVX = r"""/* Rows k0 <= k < k0 + kc of the im2col matrix of one image x [C, H, W], columns j0 <= j < N
+   (j = ho * Wo + wo, k = (c * KH + rh) * KW + rw), into 16-wide panels, zero-padded: the
+   convolution's B operand packed without an im2col buffer. g = {H, W, KH, KW, Wo, sh, sw, ph,
+   pw, dh, dw}. A panel's 16 columns fall into runs of one output row each (one or two runs
+   for a wide image); per k, a run is a strided slice of one input row, clipped by the
+   padding. AVX2 masked loads (which read nothing in masked-off lanes) copy a run with its
+   clipping in a few instructions, stride 1 directly, stride 2 through an even-lane shuffle:
+   this copy is per task, and cheap packing is what keeps a conv near the GEMM's speed. */
+static inline __m256i ember_lane_mask(__m256i lane, int64_t lo, int64_t hi) {
+  return _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)lo - 1)),
+                          _mm256_cmpgt_epi32(_mm256_set1_epi32((int)hi), lane));
 }
-"""
-
-_PACK = r"""/* B[k][j] (strides sk, sn), k < kc, j0 <= j < N, into 16-wide panels, zero-padded. */
-static inline void ember_pack_b(int64_t kc, int64_t nc, int64_t N, int64_t j0, const float *restrict b,
-    int64_t sk, int64_t sn, float *restrict out) {
+static inline __m256 ember_even_lanes(__m256 a, __m256 b) {  /* a0 a2 .. a6 b0 b2 .. b6 */
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+}
+static void ember_pack_img(int64_t kc, int64_t k0, int64_t nc, int64_t N, int64_t j0, const float *restrict x,
+    const int64_t *g, float *restrict out) {
+  const int64_t H = g[0], W = g[1], KH = g[2], KW = g[3], Wo = g[4], sh = g[5], sw = g[6];
+  const int64_t ph = g[7], pw = g[8], dh = g[9], dw = g[10];
+  const __m256i l0 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), l8 = _mm256_add_epi32(l0, _mm256_set1_epi32(8));
+  const __m256i l16 = _mm256_add_epi32(l8, _mm256_set1_epi32(8)), l24 = _mm256_add_epi32(l16, _mm256_set1_epi32(8));
   for (int64_t jp = 0; jp < nc; jp += 16) {
-    const int64_t nr = ember_min64(16, N - j0 - jp);
+    const int64_t jb = j0 + jp, nr = ember_min64(16, N - jb);
+    int64_t ra[16], rn[16], rh0[16], rw0[16];  /* run: first lane, length, window corner */
+    int nrun = 0;
+    for (int64_t j = 0; j < nr; nrun++) {
+      const int64_t ho = (jb + j) / Wo, wo = (jb + j) % Wo, len = ember_min64(nr - j, Wo - wo);
+      ra[nrun] = j; rn[nrun] = len; rh0[nrun] = ho * sh - ph; rw0[nrun] = wo * sw - pw;
+      j += len;
+    }
     float *restrict o = out + jp * kc;
-    if (sn == 1 && nr == 16) {
-      for (int64_t k = 0; k < kc; k++) for (int j = 0; j < 16; j++) o[16 * k + j] = b[k * sk + j0 + jp + j];
-    } else {
-      for (int64_t k = 0; k < kc; k++)
-        for (int j = 0; j < 16; j++) o[16 * k + j] = j < nr ? b[k * sk + (j0 + jp + j) * sn] : 0.0f;
+    int64_t c = k0 / (KH * KW), rh = (k0 / KW) % KH, rw = k0 % KW;
+    for (int64_t k = 0; k < kc; k++, o += 16) {
+      const float *xc = x + c * H * W;
+      __m256 v0 = _mm256_setzero_ps(), v1 = _mm256_setzero_ps();
+      for (int r = 0; r < nrun; r++) {
+        const int64_t hh = rh0[r] + rh * dh, w0 = rw0[r] + rw * dw;  /* input row, column of lane ra */
+        if (hh < 0 || hh >= H || w0 + (rn[r] - 1) * sw < 0 || w0 >= W) continue;
+        /* lanes [lo, hi) read columns inside [0, W) (no division for strides 1 and 2: this runs per k) */
+        const int64_t before = w0 >= 0 ? 0 : sw == 1 ? -w0 : sw == 2 ? (1 - w0) >> 1 : (sw - 1 - w0) / sw;
+        const int64_t inside = sw == 1 ? W - w0 : sw == 2 ? (W - w0 + 1) >> 1 : (W - w0 + sw - 1) / sw;
+        const int64_t lo = ra[r] + before, hi = ra[r] + ember_min64(rn[r], inside);
+        const float *p = xc + hh * W + w0 - ra[r] * sw;  /* lane j reads p[j * sw] */
+        if (hi - lo == 16) {  /* the common case: the whole panel, unclipped */
+          if (sw == 1) { v0 = _mm256_loadu_ps(p); v1 = _mm256_loadu_ps(p + 8); }
+          else {
+            for (int j = 0; j < 16; j++) o[j] = p[j * sw];
+            v0 = _mm256_loadu_ps(o); v1 = _mm256_loadu_ps(o + 8);
+          }
+        } else if (sw == 1) {
+          v0 = _mm256_or_ps(v0, _mm256_maskload_ps(p, ember_lane_mask(l0, lo, hi)));
+          v1 = _mm256_or_ps(v1, _mm256_maskload_ps(p + 8, ember_lane_mask(l8, lo, hi)));
+        } else if (sw == 2) {  /* positions 2*lo .. 2*hi-2 of p */
+          const int64_t qa = 2 * lo, qb = 2 * hi - 1;
+          const __m256 a = _mm256_maskload_ps(p, ember_lane_mask(l0, qa, qb));
+          const __m256 b = _mm256_maskload_ps(p + 8, ember_lane_mask(l8, qa, qb));
+          const __m256 e = _mm256_maskload_ps(p + 16, ember_lane_mask(l16, qa, qb));
+          const __m256 f = _mm256_maskload_ps(p + 24, ember_lane_mask(l24, qa, qb));
+          v0 = _mm256_or_ps(v0, ember_even_lanes(a, b));
+          v1 = _mm256_or_ps(v1, ember_even_lanes(e, f));
+        } else {
+          float t[16] __attribute__((aligned(32))) = {0};
+          for (int64_t j = lo; j < hi; j++) t[j] = p[j * sw];
+          v0 = _mm256_or_ps(v0, _mm256_load_ps(t));
+          v1 = _mm256_or_ps(v1, _mm256_load_ps(t + 8));
+        }
+      }
+      _mm256_storeu_ps(o, v0); _mm256_storeu_ps(o + 8, v1);
+      if (++rw == KW) { rw = 0; if (++rh == KH) { rh = 0; c++; } }
     }
   }
 }
-/* Rows k0 <= k < k0 + kc of the im2col matrix of one image x [C, H, W], columns j0 <= j < N
+"""
+
+_PACK_IMG_PORTABLE = r"""/* Rows k0 <= k < k0 + kc of the im2col matrix of one image x [C, H, W], columns j0 <= j < N
    (j = ho * Wo + wo, k = (c * KH + rh) * KW + rw), into 16-wide panels, zero-padded: the
    convolution's B operand packed without an im2col buffer. g = {H, W, KH, KW, Wo, sh, sw, ph,
-   pw, dh, dw}. Most panels of a wide image lie in one output row, so each k step is 16 loads
-   at a fixed stride (a vector copy for stride 1) when the window row is inside the image. */
+   pw, dh, dw}. Portable version: a panel in one output row whose window row is inside the image
+   is 16 loads at a fixed stride, other rows go element by element. */
 static void ember_pack_img(int64_t kc, int64_t k0, int64_t nc, int64_t N, int64_t j0, const float *restrict x,
     const int64_t *g, float *restrict out) {
   const int64_t H = g[0], W = g[1], KH = g[2], KW = g[3], Wo = g[4], sh = g[5], sw = g[6];
@@ -169,6 +218,33 @@ static void ember_pack_img(int64_t kc, int64_t k0, int64_t nc, int64_t N, int64_
     }
   }
 }
+"""
+
+_GEMV_PORTABLE = r"""static inline void ember_gemv16(int64_t K, const float *restrict a, int64_t sa,
+    const float *restrict b, float *restrict y) {
+  float t[4][16] = {{0}};
+  int64_t k = 0;
+  for (; k + 4 <= K; k += 4)
+    for (int u = 0; u < 4; u++) for (int j = 0; j < 16; j++) t[u][j] += a[(k + u) * sa] * b[16 * (k + u) + j];
+  for (; k < K; k++) for (int j = 0; j < 16; j++) t[0][j] += a[k * sa] * b[16 * k + j];
+  for (int j = 0; j < 16; j++) y[j] = (t[0][j] + t[1][j]) + (t[2][j] + t[3][j]);
+}
+"""
+
+_PACK = r"""/* B[k][j] (strides sk, sn), k < kc, j0 <= j < N, into 16-wide panels, zero-padded. */
+static inline void ember_pack_b(int64_t kc, int64_t nc, int64_t N, int64_t j0, const float *restrict b,
+    int64_t sk, int64_t sn, float *restrict out) {
+  for (int64_t jp = 0; jp < nc; jp += 16) {
+    const int64_t nr = ember_min64(16, N - j0 - jp);
+    float *restrict o = out + jp * kc;
+    if (sn == 1 && nr == 16) {
+      for (int64_t k = 0; k < kc; k++) for (int j = 0; j < 16; j++) o[16 * k + j] = b[k * sk + j0 + jp + j];
+    } else {
+      for (int64_t k = 0; k < kc; k++)
+        for (int j = 0; j < 16; j++) o[16 * k + j] = j < nr ? b[k * sk + (j0 + jp + j) * sn] : 0.0f;
+    }
+  }
+}
 /* rows of A with any strides into a row-major block (unit stride along k) */
 static inline void ember_pack_a(int64_t mc, int64_t kc, const float *restrict a, int64_t sm, int64_t sk,
     float *restrict out) {
@@ -179,8 +255,8 @@ static inline void ember_pack_a(int64_t mc, int64_t kc, const float *restrict a,
 
 def prelude() -> str:
     """C helpers shared by every GEMM kernel of a program (printed once)."""
-    avx = "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _GEMV_AVX
-    portable = "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _GEMV_PORTABLE
+    avx = "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _GEMV_AVX + _PACK_IMG_AVX
+    portable = "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _GEMV_PORTABLE + _PACK_IMG_PORTABLE
     return ("#include <stdlib.h>\n#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n"
             "#define EMBER_GEMM_AVX2 1\n" + avx + "#else\n" + portable + "#endif\n" + _PACK +
             "/* out of line: one copy of the six micro-kernels per program keeps compile times short */\n"

@@ -69,6 +69,8 @@ GEMM_CASES = [
     (3, 200, (7, 7), (3, 3), 1, 1, 1),     # many output channels, small image: rows split, B packed once
     (300, 8, (5, 5), (3, 3), 1, 1, 1),     # K = 2700 > one K block
     (1, 1, (13, 13), (1, 7), 1, 0, 1),     # a non-square kernel
+    (5, 6, (17, 40), (3, 3), 3, 2, 1),     # stride 3: the packer's lane-by-lane path
+    (4, 8, (9, 37), (3, 3), 2, 1, 3),      # stride 2 with dilation 3, windows clipped on both sides
 ]
 
 
@@ -118,3 +120,11 @@ def test_symbolic_image_size():
     for h, w in ((7, 7), (30, 17), (1, 1)):
         feed = [rand((1, 3, h, w))]
         np.testing.assert_allclose(compiled.run_numpy(feed)[0], interpret(g, feed)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (7, 2, 3)])
+def test_portable_packer(monkeypatch, k, s, p):
+    # the plain-C image packer and micro-kernels, as built for a CPU without AVX2/FMA
+    from ember.backends.cpu import toolchain
+    monkeypatch.setattr(toolchain, "FLAGS", toolchain.FLAGS + ("-mno-avx2", "-mno-fma"))
+    check(*conv_graph(5, 9, (19, 23), (k, k), s, p, relu=True, residual=True))
