@@ -1381,30 +1381,48 @@ def _resize_matrix(n_in, n_out, scale, mode, a, roi, antialias, opset):
 
 
 def _resize_axis(cx, x, ax, m, outside, mode, extrapolation):
-    """Apply one axis' resize matrix: a gather for nearest (exact for every dtype), else a
-    matmul with the axis moved last."""
+    """Apply one axis' resize matrix m [n_out, n_in]. Nearest is one gather (exact for every
+    dtype). Otherwise each output reads a few neighbours (2 taps for linear, 4 for cubic,
+    more when antialiasing widens the kernel): one gather and multiply-add per tap, or a
+    matmul with the axis moved last when the rows are dense anyway."""
     if mode == "nearest" and not outside.any():
         src = cx.const_array(m.argmax(axis=1).astype(np.int64), dtypes.i64)
         return cx.op("index_select", [x, src], {"axis": ax})
     if not x.dtype.is_float:
         raise Unsupported(f"Resize mode {mode!r} on {x.dtype} inputs")
     r = _rank(x)
-    perm = [k for k in range(r) if k != ax] + [ax]
-    inv = [perm.index(k) for k in range(r)]
-    y = cx.op("matmul", [_permute(cx, x, perm), cx.const_array(m.T.astype(x.dtype.np), x.dtype)])
+    along = [1] * r
+    along[ax] = m.shape[0]
+    nz = m != 0
+    taps = int(nz.sum(axis=1).max())
+    if 0 < taps and 2 * taps <= m.shape[1]:
+        cols = np.argsort(~nz, axis=1, kind="stable")[:, :taps]  # each row's taps first
+        w = np.take_along_axis(m, cols, axis=1)                  # (0 where a row has fewer)
+        y = None
+        for t in range(taps):
+            g = cx.op("index_select", [x, cx.const_array(cols[:, t].astype(np.int64), dtypes.i64)], {"axis": ax})
+            term = cx.op("mul", [g, cx.const_array(w[:, t].reshape(along).astype(x.dtype.np), x.dtype)])
+            y = term if y is None else cx.op("add", [y, term])
+    else:
+        perm = [k for k in range(r) if k != ax] + [ax]
+        y = cx.op("matmul", [_permute(cx, x, perm), cx.const_array(m.T.astype(x.dtype.np), x.dtype)])
+        y = _permute(cx, y, [perm.index(k) for k in range(r)])
     if outside.any():
-        y = _where(cx, cx.const_array(outside), _c(cx, extrapolation, y), y)
-    return _permute(cx, y, inv)
+        y = _where(cx, cx.const_array(outside.reshape(along)), _c(cx, extrapolation, y), y)
+    return y
 
 
 @conv("Resize", "Upsample")
 def _resize(cx, ins, a):
     x = ins[0]
     r = _rank(x)
-    if not x.type.is_static:
-        raise Unsupported("Resize of a dynamic shape (the interpolation weights are built at "
-                          "compile time)")
-    shape = [int(d) for d in x.shape]
+    shape = list(x.shape)
+
+    def static(ax):  # only the resized dims need a known size
+        if not isinstance(shape[ax], int):
+            raise Unsupported(f"Resize along dynamic dim {ax} (the interpolation weights are "
+                              f"built at compile time)")
+        return shape[ax]
     mode = a.get("mode", "nearest")
     if mode not in ("nearest", "linear", "bilinear", "cubic"):
         raise Unsupported(f"Resize mode {mode!r}")
@@ -1424,22 +1442,24 @@ def _resize(cx, ins, a):
         sizes = cx.ints(3, "sizes") if cx.has(3) else None
         if not scales and sizes is None:
             raise ShapeError("Resize needs scales or sizes")
-        if sizes is not None and any(isinstance(s, SymExpr) for s in sizes):
-            raise Unsupported("Resize to symbolic sizes")
     full_scale = [1.0] * r
     out = list(shape)
     if sizes is not None:
         if len(sizes) != len(axes):
             raise ShapeError(f"Resize: {len(sizes)} sizes for {len(axes)} axes")
-        ratios = {ax: s / shape[ax] for ax, s in zip(axes, sizes)}
         policy = a.get("keep_aspect_ratio_policy", "stretch")
-        if policy in ("not_larger", "not_smaller"):
-            s = (min if policy == "not_larger" else max)(ratios.values())
-            ratios = {ax: s for ax in axes}
-            sizes = [int(s * shape[ax] + 0.5) for ax in axes]  # round half up
-        elif policy != "stretch":
+        if policy not in ("stretch", "not_larger", "not_smaller"):
             raise Unsupported(f"Resize keep_aspect_ratio_policy {policy!r}")
-        for ax, s in zip(axes, sizes):
+        # a size equal to the input's (a symbolic batch passed through) leaves that dim alone
+        moved = [(ax, s) for ax, s in zip(axes, sizes) if policy != "stretch" or s != shape[ax]]
+        if any(isinstance(s, SymExpr) for _, s in moved):
+            raise Unsupported("Resize to a symbolic size")
+        ratios = {ax: s / static(ax) for ax, s in moved}
+        if policy != "stretch":
+            s = (min if policy == "not_larger" else max)(ratios.values())
+            ratios = {ax: s for ax in ratios}
+            moved = [(ax, int(s * shape[ax] + 0.5)) for ax, _ in moved]  # round half up
+        for ax, s in moved:
             full_scale[ax], out[ax] = ratios[ax], int(s)
     else:
         if len(scales) != len(axes):
@@ -1447,7 +1467,8 @@ def _resize(cx, ins, a):
         for ax, s in zip(axes, scales):
             if s <= 0:
                 raise ShapeError(f"Resize: scale {s} must be positive")
-            full_scale[ax], out[ax] = s, int(s * shape[ax])
+            if s != 1.0:
+                full_scale[ax], out[ax] = s, int(s * static(ax))
     box = {ax: (0.0, 1.0) for ax in range(r)}
     if roi is not None and roi.size:
         k = len(axes)
@@ -1462,7 +1483,7 @@ def _resize(cx, ins, a):
             continue  # identity along this axis
         if out[ax] < 1:
             raise Unsupported("Resize to an empty tensor")
-        m, outside = _resize_matrix(shape[ax], out[ax], full_scale[ax], mode, a, box[ax],
+        m, outside = _resize_matrix(static(ax), out[ax], full_scale[ax], mode, a, box[ax],
                                     antialias, 11 if not old else 10)
         x = _resize_axis(cx, x, ax, m, outside, mode, a.get("extrapolation_value", 0.0))
     return x
