@@ -34,6 +34,9 @@ def test_dynamic_mlp_runs_int8_and_reports():
     q = ember.compile(m, (X,), dynamic={"input": {0: "batch"}}, quantize=ember.quant.dynamic(check_speed=False))
     ops = q.graph.stats()
     assert ops.get("quant_linear") == 3 and "linear" not in ops and ops.get("dynamic_quantize") == 3
+    # 7-bit activation codes by default, so every layer takes the int8 GEMM's u8 x s8 route
+    assert all(n.attrs["reduce_range"] for n in q.graph.nodes if n.op == "dynamic_quantize")
+    assert q.source.count("int8 GEMM, route u7") == 3
     rep = q.quant_report
     assert rep.quantized and len(rep.int8_layers) == 3
     assert rep.int8_bytes < 0.35 * rep.fp32_bytes

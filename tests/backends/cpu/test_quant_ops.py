@@ -62,8 +62,9 @@ def test_no_saturation_at_extremes():
 
 
 def test_large_k_accumulates_in_int64():
-    # K so large that an int32 accumulator could overflow for some inputs: Ember widens
-    k = 40000
+    # K so large that an int32 accumulator overflows (255 * 127 * K > 2**31): the int8 GEMM
+    # declines and the reduction accumulates in int64
+    k = 70000
     g = Graph()
     a = g.add_input("a", TensorType(dtypes.u8, (M, k)))
     w = g.add_const(np.full((2, k), -127, np.int8), "w")
@@ -136,11 +137,11 @@ def test_dequantize_linear_matches_onnx(zdt, zp):
 
 
 @pytest.mark.parametrize("per_row", [True, False])
-@pytest.mark.parametrize("dt", [dtypes.u8, dtypes.i8])
-def test_dynamic_quantize_and_quant_linear(per_row, dt):
+@pytest.mark.parametrize("dt,rr", [(dtypes.u8, False), (dtypes.i8, False), (dtypes.u8, True)])
+def test_dynamic_quantize_and_quant_linear(per_row, dt, rr):
     g = Graph()
     x = g.add_input("x", TensorType(dtypes.f32, (M, 37)))
-    q, s, z = g.op("dynamic_quantize", [x], {"per_row": per_row, "dtype": dt})
+    q, s, z = g.op("dynamic_quantize", [x], {"per_row": per_row, "dtype": dt, "reduce_range": rr})
     w = g.add_const(rint(np.int8, (11, 37), -127, 127), "w")
     ws = g.add_const(rng.uniform(0.01, 0.1, (11,)).astype(np.float32), "ws")
     b = g.add_const(rng.normal(size=(11,)).astype(np.float32), "b")
@@ -154,6 +155,8 @@ def test_dynamic_quantize_and_quant_linear(per_row, dt):
         qv, sv, zv = interpret(g, [a])[:3]
         deq = (qv.astype(np.float32) - zv.astype(np.float32)) * sv
         assert np.all(np.abs(deq - a) <= sv * 0.5 + 1e-6)
+        if rr:
+            assert qv.max() <= 127   # 7-bit codes: the int8 GEMM's vpmaddubsw route
 
 
 def test_quant_linear_3d_static_params():
