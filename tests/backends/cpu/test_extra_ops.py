@@ -107,3 +107,14 @@ def test_bitcast_integers_wrap():
 def test_bitcast_needs_equal_widths():
     with pytest.raises(DTypeError, match="width"):
         graph_of("bitcast", [TensorType(dtypes.f32, (3,))], {"dtype": dtypes.i64})
+
+
+def test_extra_ops_round_trip_through_text():
+    from ember.ir import parse, print_graph
+    g = Graph()
+    x = g.add_input("x", TensorType(dtypes.f32, (N, 3)))
+    y = g.add_input("y", TensorType(dtypes.i32, (3,)))
+    g.outputs = [g.op("bitwise", [g.op("bitcast", [x], {"dtype": dtypes.i32}), y], {"op": "xor"})]
+    text = print_graph(g)
+    assert 'bitwise(%0, %y) {op="xor"}' in text
+    assert print_graph(parse(text)) == text
