@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..ir import dtypes
 from ..ir.ops.registry import broadcast_shapes
 from ..ir.symbolic import Dim, prod
@@ -218,6 +220,17 @@ def _packed_weight(lw: Lowerer, b, batch_rank: int):
     return L.Operand(buf, 0, (0,) * (batch_rank + 2), packed=PANEL)
 
 
+def _widen_bf16(lw: Lowerer, ref):
+    """A bf16 operand as f32 for the GEMM, which computes in f32 anyway: a constant converted
+    at compile time, anything else by a conversion loop that the GEMM then reads."""
+    if ref.dtype is not dtypes.bf16:
+        return ref
+    arr = lw.const_array(ref) if isinstance(ref, View) else None
+    if arr is not None:
+        return lw.const(arr.astype(np.float32), dtypes.f32, ref.buf.name + "_f32")
+    return lw.store(Lazy(ref.shape, dtypes.f32, lambda ix: L.cast(ref.load(ix), dtypes.f32)))
+
+
 def emit_matmul(lw: Lowerer, a, b, out_shape, dtype, value=None, epilogue=None):
     """out = epilogue(a @ b) for a: [..., M, K], b: [..., K, N] (ranks >= 2).
 
@@ -227,6 +240,7 @@ def emit_matmul(lw: Lowerer, a, b, out_shape, dtype, value=None, epilogue=None):
     """
     out_shape = tuple(out_shape)
     batch = out_shape[:-2]
+    a, b = _widen_bf16(lw, a), _widen_bf16(lw, b)   # the result is rounded to bf16 on store
     f32 = a.dtype is dtypes.f32 and b.dtype is dtypes.f32  # the blocked GEMM takes any strides
     _, opa = _operand(lw, a, len(batch))
     opb = _packed_weight(lw, b, len(batch)) if f32 else None

@@ -27,9 +27,6 @@ EXCLUDE: list[tuple[str, str]] = [
      "4/8-bit floats and 2/4-bit ints: no such Ember dtype"),
     (r"string|strnorm|regex_|tfidf|label_encoder|image_decoder",
      "string tensors (and image decoding): Ember tensors are numeric"),
-    # -- bf16 (elementwise ops, reductions and casts compile; matmul-based kernels do not yet)
-    (r"attention_.*_bf16",
-     "bf16 attention: the GEMM and attention kernels do not convert bf16 operands yet"),
     # -- non-tensor values and control flow (Ember graphs are straight-line tensor programs)
     (r"(?<!reverse)sequence|optional|_opt$|_opt_|_seq(_|$)",
      "sequences and optionals (Ember values are tensors; If/Loop/Scan over tensors are expanded)"),
