@@ -382,6 +382,10 @@ class KernelPrinter:
             lines.append(f"{ind}int64_t acc_i = 0;")
         rind = ind
         for j, sz in enumerate(red.sizes):
+            if j == len(red.sizes) - 1 and red.op in ("max", "min") and ct == "float":
+                # without -ffinite-math-only gcc will not turn a float max/min into vmaxps on
+                # its own (NaN rules); OpenMP's simd reduction allows it
+                lines.append(f"{rind}#pragma omp simd reduction({red.op}:acc)")
             lines.append(f"{rind}for (int64_t r{j} = 0; r{j} < {c_dim(sz)}; r{j}++)")
             rind += "  "
         lines.append(rind[:-2] + "{" if red.sizes else rind + "{")
