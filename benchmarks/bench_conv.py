@@ -57,7 +57,7 @@ def main():
     if not args.no_ort:
         try:
             from bench_suite import _onnx_runner as ort_runner
-        except Exception:  # onnx / onnxruntime not installed
+        except ImportError:  # onnx / onnxruntime not installed
             ort_runner = None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians over interleaved rounds")
     cols = ["ember", "torch"] + (["onnxruntime"] if ort_runner else [])
@@ -76,7 +76,7 @@ def main():
             want = m(x).numpy()
         got = np.asarray(compiled(xn))
         err = float(np.abs(got - want).max() / (np.abs(want).max() + 1e-30))
-        cont = {"ember": lambda: compiled(xn)}
+        cont = {"ember": lambda compiled=compiled, xn=xn: compiled(xn)}
 
         def eager(m=m, x=x):
             with torch.no_grad():

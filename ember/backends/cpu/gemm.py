@@ -140,6 +140,29 @@ static void ember_pack_img(int64_t kc, int64_t k0, int64_t nc, int64_t N, int64_
     }
     float *restrict o = out + jp * kc;
     int64_t c = k0 / (KH * KW), rh = (k0 / KW) % KH, rw = k0 % KW;
+    if (nrun == 1 && nr == 16 && rw0[0] >= 0 && rw0[0] + (KW - 1) * dw + 15 * sw < W) {
+      /* no tap of this panel is clipped sideways: per (c, rh) the row is in or out, and its
+         KW taps are copies at a fixed shift (most panels of a wide image; no test per k) */
+      for (int64_t k = 0; k < kc; ) {
+        const int64_t n = ember_min64(KW - rw, kc - k), hh = rh0[0] + rh * dh;
+        if (hh >= 0 && hh < H) {
+          const float *src = x + c * H * W + hh * W + rw0[0] + rw * dw;
+          if (sw == 1)
+            for (int64_t t = 0; t < n; t++, src += dw, o += 16) {
+              _mm256_storeu_ps(o, _mm256_loadu_ps(src)); _mm256_storeu_ps(o + 8, _mm256_loadu_ps(src + 8));
+            }
+          else
+            for (int64_t t = 0; t < n; t++, src += dw, o += 16) for (int j = 0; j < 16; j++) o[j] = src[j * sw];
+        } else {
+          for (int64_t t = 0; t < n; t++, o += 16) {
+            _mm256_storeu_ps(o, _mm256_setzero_ps()); _mm256_storeu_ps(o + 8, _mm256_setzero_ps());
+          }
+        }
+        k += n; rw = 0;
+        if (++rh == KH) { rh = 0; c++; }
+      }
+      continue;
+    }
     for (int64_t k = 0; k < kc; k++, o += 16) {
       const float *xc = x + c * H * W;
       __m256 v0 = _mm256_setzero_ps(), v1 = _mm256_setzero_ps();
