@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -29,7 +30,7 @@ from ..errors import ArtifactError
 from . import c_header, safetensors_io, target
 from .executable import NativeModule, TensorSpec
 
-FORMAT, FORMAT_VERSION, ABI_VERSION = "ember-artifact", 1, 1
+FORMAT, FORMAT_VERSION, ABI_VERSION = "ember-artifact", 2, 1  # 2: derived and unused constants
 MANIFEST, LIBRARY, WEIGHTS, IR, SOURCE, HEADER = (
     "manifest.json", "model.so", "weights.safetensors", "model.ir", "model.c", "model.h")
 _NATIVE_PREFIX = "ember.native."  # runtime constants that lowering changed (packed layouts)
@@ -45,24 +46,56 @@ def sha256_file(path) -> str:
 
 # ---------------------------------------------------------------------------- saving
 
-def _tensors(compiled) -> tuple[dict[str, np.ndarray], list[tuple[str, np.ndarray]]]:
-    """Graph constants by name, and for each runtime constant the tensor that holds it.
+def _digest(a: np.ndarray) -> tuple:
+    a = np.ascontiguousarray(a)
+    return a.dtype.str, a.shape, hashlib.blake2b(a.view(np.uint8).reshape(-1)).digest()
 
-    Most runtime constants are graph constants unchanged; those are stored once."""
-    tensors = {c.name: np.ascontiguousarray(c.data) for c in compiled.graph.constants
-               if c.data is not None}
+
+def used_consts(source: str) -> set[int] | None:
+    """Indices of the runtime constants the library reads: ember_main binds each one it
+    uses as ``cK = consts[K]`` (backends/cpu/codegen.py). None without the C source."""
+    return {int(k) for k in re.findall(r"= consts\[(\d+)\]", source)} if source else None
+
+
+def _tensors(compiled) -> tuple[dict, list, dict]:
+    """What the weights file holds: tensors by name; for each runtime constant, the tensor
+    that holds it (None: the library never reads it); and the graph constants left out
+    because they can be recomputed from a stored one (``derived``).
+
+    A weight the GEMM reads pre-packed would otherwise be stored twice, once as the graph's
+    constant (for the IR) and once in its packed layout (for the library): the graph's copy
+    is recomputed from the packed one at load instead (lower/packing.py: ``unpack_panels``).
+    """
+    from ..lower.packing import PANEL, pack_panels
+    used = used_consts(compiled.source)
+    graph = {c.name: np.ascontiguousarray(c.data) for c in compiled.graph.constants if c.data is not None}
     by_content = {}
-    for name, a in tensors.items():
-        by_content.setdefault((a.dtype.str, a.nbytes, hashlib.blake2b(a.tobytes()).digest()), name)
-    runtime = []
+    for name, a in graph.items():
+        by_content.setdefault(_digest(a), name)
+    tensors, runtime = {}, []
     for k, a in enumerate(compiled.native.consts):
-        key = (a.dtype.str, a.nbytes, hashlib.blake2b(np.ascontiguousarray(a).tobytes()).digest())
-        name = by_content.get(key)
-        if name is None:
-            name = f"{_NATIVE_PREFIX}{k}"
-            tensors[name] = np.ascontiguousarray(a)
+        if used is not None and k not in used:
+            runtime.append((None, a))
+            continue
+        key = _digest(a)
+        name = by_content.get(key) or f"{_NATIVE_PREFIX}{k}"
+        tensors[name] = np.ascontiguousarray(a)
         runtime.append((name, a))
-    return tensors, runtime
+    packed = {_digest(a): n for n, a in tensors.items()
+              if n.startswith(_NATIVE_PREFIX) and a.ndim == 3 and a.shape[2] == PANEL}
+    derived = {}
+    for name, a in graph.items():
+        if name in tensors:
+            continue
+        if a.ndim == 2 and packed:  # a linear weight [N, K] packs as B = W^T, a matmul's as is
+            for transpose, b in ((True, a.T), (False, a)):
+                src = packed.get(_digest(pack_panels(np.ascontiguousarray(b), PANEL)))
+                if src is not None:
+                    derived[name] = {"from": src, "n": int(b.shape[1]), "transpose": transpose}
+                    break
+        if name not in derived:
+            tensors[name] = a
+    return tensors, runtime, derived
 
 
 def _target_info() -> dict:
@@ -78,7 +111,8 @@ def _spec_json(s: TensorSpec) -> dict:
     return {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}
 
 
-def build_manifest(compiled, weights_header: dict, runtime, files: dict, has_ir: bool) -> dict:
+def build_manifest(compiled, weights_header: dict, runtime, files: dict, has_ir: bool,
+                   derived: dict | None = None) -> dict:
     native = compiled.native
     ranges = {s: list(native.sym_ranges[s]) if s in native.sym_ranges else None
               for s in native.symbols}
@@ -92,8 +126,10 @@ def build_manifest(compiled, weights_header: dict, runtime, files: dict, has_ir:
         "outputs": [_spec_json(s) for s in native.outputs],
         "symbols": list(native.symbols), "dims": ranges,
         "target": _target_info(),
+        # "tensor": None = the library never reads it (offset 0: any valid address will do)
         "consts": [{"tensor": n, "dtype": a.dtype.str, "shape": list(a.shape),
-                    "offset": weights_header[n]["data_offsets"][0]} for n, a in runtime],
+                    "offset": weights_header[n]["data_offsets"][0] if n else 0} for n, a in runtime],
+        "derived": derived or {},
         "weights_data_bytes": data_bytes, "has_ir": has_ir, "files": files,
     }
 
@@ -111,7 +147,10 @@ def save_model(compiled, path, *, include_ir: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        tensors, runtime = _tensors(compiled)
+        tensors, runtime, derived = _tensors(compiled)
+        if not include_ir:   # nothing reads the graph's own copies then
+            tensors = {n: a for n, a in tensors.items() if n in {r for r, _ in runtime if r}}
+            derived = {}
         meta = {"format": FORMAT, "ember_version": __version__}
         header_bytes, _ = safetensors_io.encode_header(tensors, meta)
         safetensors_io.save(tensors, tmp / WEIGHTS, meta)
@@ -121,7 +160,7 @@ def save_model(compiled, path, *, include_ir: bool = True) -> Path:
         if include_ir:
             (tmp / IR).write_text(print_graph(compiled.graph) + "\n")
         files = {}
-        manifest = build_manifest(compiled, weights_header, runtime, files, include_ir)
+        manifest = build_manifest(compiled, weights_header, runtime, files, include_ir, derived)
         (tmp / HEADER).write_text(c_header.render(manifest))
         for name in (LIBRARY, WEIGHTS, IR, SOURCE, HEADER):
             if (tmp / name).exists():
@@ -234,11 +273,26 @@ def _specs(items) -> list[TensorSpec]:
     return [TensorSpec(s["name"], s["dtype"], list(s["shape"])) for s in items]
 
 
+def _derived(path: Path, derived: dict, tensors: dict) -> dict:
+    """The graph constants the artifact stores only in their packed GEMM layout."""
+    from ..lower.packing import unpack_panels
+    out = {}
+    for name, d in derived.items():
+        src = tensors.get(d.get("from"))
+        if src is None or src.ndim != 3:
+            raise ArtifactError(f"{path / MANIFEST}: constant {name!r} is derived from "
+                                f"{d.get('from')!r}, which {WEIGHTS} does not hold as packed panels")
+        b = unpack_panels(src, int(d["n"]))
+        out[name] = np.ascontiguousarray(b.T if d.get("transpose") else b)
+    return out
+
+
 def _graph(path: Path, m: dict, tensors: dict):
     from ..ir import Graph, TensorType, Value, dtypes, parse, parse_dim
     if IR in m["files"]:
-        g = parse((path / IR).read_text(), {k: v for k, v in tensors.items()
-                                            if not k.startswith(_NATIVE_PREFIX)})
+        consts = {k: v for k, v in tensors.items() if not k.startswith(_NATIVE_PREFIX)}
+        consts.update(_derived(path, m.get("derived", {}), tensors))
+        g = parse((path / IR).read_text(), consts)
     else:  # no IR: a graph with the right inputs and outputs only, for names and types
         g = Graph(m.get("name", "main"))
         dims = lambda s: tuple(d if isinstance(d, int) else parse_dim(d) for d in s["shape"])  # noqa: E731
@@ -271,6 +325,9 @@ def load_model(path, rebuild: bool = False):
     _check_target(path, m)
     consts = []
     for c in m["consts"]:
+        if c["tensor"] is None:   # never read by the library: a placeholder address
+            consts.append(np.zeros(1, np.uint8))
+            continue
         if c["tensor"] not in tensors:
             raise ArtifactError(f"{path / WEIGHTS} has no tensor {c['tensor']!r}")
         consts.append(tensors[c["tensor"]].reshape(c["shape"]))

@@ -77,6 +77,25 @@ def test_manifest_describes_everything(saved):
     assert "linear(%x, %w1, %b1)" in (saved / "model.ir").read_text()
 
 
+def test_each_weight_is_stored_once(compiled, saved, tmp_path):
+    """Packed GEMM weights are stored once: the IR's copies are recomputed at load, bit for
+    bit, and constants the library never reads are not stored at all."""
+    m = artifact.read_manifest(saved)
+    weights = sum(c.data.nbytes for c in compiled.graph.constants)
+    size = (saved / "weights.safetensors").stat().st_size
+    assert weights <= size < weights * 1.2 + 4096   # packing pads N to 16 columns, nothing more
+    assert set(m["derived"]) >= {"w1", "w2"}
+    assert any(c["tensor"] is None for c in m["consts"])
+    loaded = ember.load(saved)
+    for a, b in zip(compiled.graph.constants, loaded.graph.constants):
+        assert a.name == b.name and a.data.dtype == b.data.dtype and np.array_equal(a.data, b.data)
+    x = np.random.default_rng(2).standard_normal((5, 16)).astype(np.float32)
+    np.testing.assert_array_equal(ember.load(saved, rebuild=True)(x), compiled(x))
+    artifact.save_model(compiled, tmp_path / "noir.ember", include_ir=False)
+    assert (tmp_path / "noir.ember" / "weights.safetensors").stat().st_size <= size
+    np.testing.assert_array_equal(ember.load(tmp_path / "noir.ember")(x), compiled(x))
+
+
 def test_no_pickle_in_the_format(saved):
     for f in saved.iterdir():
         data = f.read_bytes()
