@@ -10,7 +10,8 @@
   constant B (a weight) is packed once at compile time (``ember.lower.packing``); an
   activation B (attention's Q@K^T, P@V) is packed per task on the fly.
 * Blocking: K in blocks of at most KC (the B micro-panel, KC x 16, stays in L1 while MC
-  rows of A in L2 stream past it); tasks of (batch, MC rows, NC columns) go to OpenMP.
+  rows of A in L2 stream past it); tasks of (batch, MC rows, NC columns) go to OpenMP,
+  NC and then MC halved until there are TASKS_WANTED of them.
   Partial sums over K blocks accumulate in C (when C is float32; otherwise K is one
   block); the last block's tile goes to a 6x16 buffer and the epilogue stores it to C,
   element by element, in a loop gcc vectorizes. Tasks are scheduled dynamically, so a
@@ -19,8 +20,9 @@
   feeds eight independent accumulators.
 * Ragged edges: the last row tile uses the micro-kernel for its own MR; a column tile
   narrower than 16 goes through the tile buffer. K == 0 gives the epilogue of zero.
-* conv2d (groups = 1) is this GEMM with the image as B (``ImageOperand``, lower/rules_conv.py):
-  its im2col panels are packed straight from the image, per task (``ember_pack_img``).
+* conv2d is this GEMM with the image as B (``ImageOperand``, lower/rules_conv.py; a grouped
+  conv batches over (image, group)): its im2col panels are packed straight from the image,
+  per task (``ember_pack_img``), so no im2col matrix is written and read back.
 * An activation B whose columns several row tasks share (a deep conv layer: many output
   channels, a small image) is packed whole once per call, in parallel, before the tasks.
 """
