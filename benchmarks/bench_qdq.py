@@ -25,14 +25,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from onnxruntime import quantization as q  # noqa: E402
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime import quantization as q
 
-import ember  # noqa: E402
-import ember.passes  # noqa: E402
-from ember.timing import measure  # noqa: E402
+import ember
+import ember.passes
+from ember.timing import measure
 
 DIM, LAYERS, BATCH = 1024, 4, 64
 
@@ -117,8 +117,8 @@ def main():
             "ONNX Runtime QDQ": ort_q.run(None, feed)[0], "Ember fp32": ember_fp.run_numpy([x])[0],
             "ONNX Runtime fp32": fp}
     base = t["Ember fp32"]["median"]
-    lines = ["| contender | median ms | p10 ms | p90 ms | vs Ember fp32 | max diff vs ONNX spec (output steps) | "
-             "outputs off the spec |", "|---|---|---|---|---|---|---|"]
+    lines = [("| contender | median ms | p10 ms | p90 ms | vs Ember fp32 | max diff vs ONNX spec (output steps) | "
+              "outputs off the spec |"), "|---|---|---|---|---|---|---|"]
     for name, r in t.items():
         d = np.abs(outs[name] - spec)
         lines.append(f"| {name} | {r['median'] * 1e3:.3f} | {r['p10'] * 1e3:.3f} | {r['p90'] * 1e3:.3f} | "

@@ -11,11 +11,11 @@ import warnings
 
 import numpy as np
 import pytest
+from irtext import assert_pass
 
 from ember.ir import interpret, parse
 from ember.passes import fuse_qdq
 from ember.passes.fuse_qdq import int8_weight
-from irtext import assert_pass
 
 EPS = 2.0 ** -23
 
@@ -90,7 +90,7 @@ def test_linear_becomes_quant_linear():
 @pytest.mark.parametrize("requant", [True, False])
 def test_linear_same_values(rows, k, n, dt, per_channel, bias, requant):
     rng = np.random.default_rng(rows * 1000 + k + n)
-    w, wq, s = _int8(rng, (n, k), per_channel)
+    w, _, _ = _int8(rng, (n, k), per_channel)
     consts = {"w": w, "b": rng.standard_normal(n).astype(np.float32)}
     before = parse(_linear_graph(rows, k, n, dt, bias, requant), consts)
     g = fuse_qdq(before.clone())
@@ -221,7 +221,7 @@ def test_int8_weight_recovers_scales():
     rng = np.random.default_rng(6)
     for per_channel in (True, False):
         for qmax in (127, 63):
-            w, wq, s = _int8(rng, (9, 4, 3), per_channel, qmax)
+            w, _, _ = _int8(rng, (9, 4, 3), per_channel, qmax)
             got = int8_weight(w)
             assert got is not None
             np.testing.assert_array_equal((got[0].astype(np.float32) *
@@ -306,8 +306,9 @@ def _output_step(path) -> float:
                                               ("cnn", (2, 3, 8, 8), True)])
 @pytest.mark.parametrize("activation", ["QUInt8", "QInt8"])
 def test_onnxruntime_qdq_model_runs_int8(tmp_path, monkeypatch, model, shape, fuse_conv, activation):
-    import ember
     import importlib
+
+    import ember
     # the module, not the function that ember.passes re-exports under the same name
     monkeypatch.setattr(importlib.import_module("ember.passes.fuse_qdq"), "FUSE_CONV", fuse_conv)
     src = mlp_model(tmp_path / "f.onnx", (24, 33, 17, 7), 5) if model == "mlp" else cnn_model(tmp_path / "f.onnx")
