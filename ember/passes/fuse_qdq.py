@@ -29,8 +29,8 @@ lowering decides), so ``quant_linear`` returns ``f32(acc) * f32(sx * sw) + b``, 
 exact real value of ``sum_k X_k W_k`` up to three f32 roundings (acc -> f32 when
 |acc| >= 2**24, sx * sw, the product) and a half-ulp difference per weight between
 ``wq * sw`` and its f32 rounding ``W``. The fp32 path it replaces rounds every one of its
-K products and K-1 partial sums, so the new result is at least as close to the exact value
-as the old; the two differ by fp32 accumulation rounding, about K * 2**-24 relative to
+K products and K-1 partial sums, so the new result is usually the closer of the two to the
+exact value; the two differ by fp32 accumulation rounding, about K * 2**-24 relative to
 sum |X_k W_k|, which is what the ONNX spec allows a MatMul/Conv (it fixes no summation
 order). A requantizing ``quantize_linear`` after it can therefore move an output by one
 code where the value sits within that rounding of a .5 tie, never more.
@@ -53,11 +53,6 @@ from .pattern import Const, Op, Var, apply_rules
 
 QMAXES = (127, 63)   # symmetric int8 weights; 63: ONNX Runtime's reduce_range weights
 NEIGHBOURS = 2       # f32 steps tried on each side of max|W| / qmax
-
-
-def _dequantizes_to(wq: np.ndarray, s: np.ndarray, w: np.ndarray) -> bool:
-    """dequantize_linear(wq, s) == w bit for bit (the op's own f32 arithmetic)."""
-    return bool(np.array_equal((wq.astype(np.float32) * s).astype(np.float32), w))
 
 
 def _try_scales(w2: np.ndarray, amax: np.ndarray):
@@ -112,12 +107,14 @@ def _weight(v):
     if v.kind == "const" and v.data is not None:
         return int8_weight(v.data) if v.dtype is dtypes.f32 else None
     n = v.producer
-    if n is None or n.op != "dequantize_linear" or n.attrs["axis"] % v.type.rank != 0:
+    if n is None or n.op != "dequantize_linear":
         return None
     consts = [i.data for i in n.inputs if i.kind == "const"]
     if len(consts) != len(n.inputs) or n.inputs[0].dtype is not dtypes.i8 or \
             (len(consts) == 3 and np.any(consts[2])):
         return None  # the int8 GEMM takes symmetric i8 weights (zero point 0)
+    if consts[1].size > 1 and n.attrs["axis"] % v.type.rank != 0:
+        return None  # scales along the input features: not a per-output-channel weight
     s = consts[1].astype(np.float32)
     return consts[0], (s.reshape(()) if s.size == 1 else s)
 

@@ -128,20 +128,22 @@ def test_conv2d_becomes_quant_conv2d():
         _check(g, before, x, 9 * 6 // groups, False)
 
 
-def test_weight_given_as_dequantize_of_constant():
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_weight_given_as_dequantize_of_constant(per_channel):
     rng = np.random.default_rng(3)
-    _, wq, s = _int8(rng, (5, 7))
-    text = """graph g(%x: f32[3, 7]) -> (f32[3, 5]) {
-      %sx = const [0.03125] : f32[]
+    _, wq, s = _int8(rng, (5, 7), per_channel)
+    stype, axis = ("f32[5]", 0) if per_channel else ("f32[]", 1)  # axis means nothing per tensor
+    text = f"""graph g(%x: f32[3, 7]) -> (f32[3, 5]) {{
+      %sx = const [0.03] : f32[]
       %zx = const [2] : i8[]
       %wq = const : i8[5, 7]
-      %ws = const : f32[5]
-      %w = dequantize_linear(%wq, %ws) {axis=0} : f32[5, 7]
-      %0 = quantize_linear(%x, %sx, %zx) {axis=1} : i8[3, 7]
-      %1 = dequantize_linear(%0, %sx, %zx) {axis=1} : f32[3, 7]
+      %ws = const : {stype}
+      %w = dequantize_linear(%wq, %ws) {{axis={axis}}} : f32[5, 7]
+      %0 = quantize_linear(%x, %sx, %zx) {{axis=1}} : i8[3, 7]
+      %1 = dequantize_linear(%0, %sx, %zx) {{axis=1}} : f32[3, 7]
       %2 = linear(%1, %w) : f32[3, 5]
       return %2
-    }"""
+    }}"""
     before = parse(text, {"wq": wq, "ws": s})
     g = fuse_qdq(before.clone())
     assert [m.op for m in g.nodes] == ["quantize_linear", "quant_linear"]
