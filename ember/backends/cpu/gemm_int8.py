@@ -81,6 +81,7 @@ def _ukr_avx(mr: int, v: str) -> str:
   if (accumulate) {{
 {load}
   }}
+  #pragma GCC unroll 2
   for (int64_t q = 0; q < kg; q++) {{
     const __m256i b0 = {_LOADB[v].format(p=f"b + {step} * q")}, b1 = {_LOADB[v].format(p=f"b + {step} * q + {step // 2}")};
 {body}
