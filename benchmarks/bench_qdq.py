@@ -78,6 +78,38 @@ def output_step(path: str) -> float:
     return float(inits[[n for n in m.graph.node if n.op_type == "DequantizeLinear"][-1].input[1]])
 
 
+def one_layer_table() -> str:
+    """Where the time goes: one 64 x 1024 x 1024 layer, each GEMM route against fp32."""
+    from ember.ir import parse
+    rng = np.random.default_rng(3)
+    wq = rng.integers(-127, 128, (DIM, DIM)).astype(np.int8)
+    ws = rng.uniform(0.001, 0.01, DIM).astype(np.float32)
+    w = (wq.astype(np.float32) * ws[:, None]).astype(np.float32)
+    head = f"%wq = const : i8[{DIM}, {DIM}]\n  %ws = const : f32[{DIM}]\n  %w = const : f32[{DIM}, {DIM}]"
+    graphs = {
+        "fp32 linear": f"%0 = linear(%x, %w) : f32[{BATCH}, {DIM}]",
+        "quant_linear, u8 codes (QDQ: s16 route)":
+            f"%q = quantize_linear(%x, %sx, %zx) {{axis=1}} : u8[{BATCH}, {DIM}]\n"
+            f"  %0 = quant_linear(%q, %sx, %zx, %wq, %ws) : f32[{BATCH}, {DIM}]",
+        "quant_linear, 7-bit codes (dynamic reduce_range: u7 route)":
+            f"%q, %s, %z = dynamic_quantize(%x) {{per_row=true, dtype=u8, reduce_range=true}} : "
+            f"u8[{BATCH}, {DIM}], f32[{BATCH}, 1], u8[{BATCH}, 1]\n"
+            f"  %0 = quant_linear(%q, %s, %z, %wq, %ws) : f32[{BATCH}, {DIM}]",
+    }
+    compiled = {}
+    for name, body in graphs.items():
+        text = (f"graph g(%x: f32[{BATCH}, {DIM}]) -> (f32[{BATCH}, {DIM}]) {{\n  %sx = const [0.03] : f32[]\n"
+                f"  %zx = const [128] : u8[]\n  {head}\n  {body}\n  return %0\n}}")
+        compiled[name] = ember.compile(parse(text, {"wq": wq, "ws": ws, "w": w}))
+    x = (rng.standard_normal((BATCH, DIM)) * 3).astype(np.float32)
+    t = measure({k: (lambda c=c: c.run_numpy([x])) for k, c in compiled.items()}, rounds=200, max_seconds=20)
+    macs = BATCH * DIM * DIM
+    lines = ["| one layer 64x1024x1024 | median ms | p10 ms | GMAC/s (median) |", "|---|---|---|---|"]
+    for name, r in t.items():
+        lines.append(f"| {name} | {r['median'] * 1e3:.3f} | {r['p10'] * 1e3:.3f} | {macs / r['median'] / 1e9:.1f} |")
+    return "\n".join(lines)
+
+
 def main():
     tmp = Path(tempfile.mkdtemp())
     src = fp32_mlp(str(tmp / "mlp.onnx"))
@@ -107,7 +139,7 @@ def main():
         "Ember fp32": lambda: ember_fp.run_numpy([x]),
         "ONNX Runtime fp32": lambda: ort_fp.run(None, feed),
     }
-    t = measure(runs, rounds=200, warmup=5, max_seconds=40)
+    t = measure(runs, rounds=400, warmup=5, max_seconds=60)
 
     step = output_step(qdq)
     spec = ort_spec.run(None, feed)[0]
@@ -125,6 +157,8 @@ def main():
                      f"{base / r['median']:.2f}x | {d.max() / step:.2f} | {np.mean(d > step / 2):.4%} |")
     table = "\n".join(lines)
     print(table)
+    layer = one_layer_table()
+    print(layer)
     out = Path(__file__).resolve().parent / "results" / "qdq.md"
     out.write_text(
         "# Already-quantized ONNX (QDQ) vs fp32\n\n"
@@ -134,7 +168,8 @@ def main():
         f"{platform.machine()}, 2 shared cores. 'ONNX spec' is ONNX Runtime with graph optimizations "
         "off (each QuantizeLinear/DequantizeLinear as the spec defines it); an output step is the "
         f"output scale ({step:.4g}).\n\n"
-        "Command: `flock /tmp/ember-bench.lock python benchmarks/bench_qdq.py`\n\n" + table + "\n")
+        "Command: `flock /tmp/ember-bench.lock python benchmarks/bench_qdq.py`\n\n" + table + "\n\n"
+        "Where the time goes (the quantize + int16 widening + GEMM of one layer, and fp32):\n\n" + layer + "\n")
 
 
 if __name__ == "__main__":
