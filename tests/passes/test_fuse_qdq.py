@@ -150,6 +150,24 @@ def test_weight_given_as_dequantize_of_constant(per_channel):
     _check(g, before, rng.standard_normal((3, 7)).astype(np.float32), 7, False)
 
 
+def test_dequantize_without_zero_point():
+    rng = np.random.default_rng(7)
+    w, _, _ = _int8(rng, (3, 5))
+    before = parse("""graph g(%x: f32[4, 5]) -> (f32[4, 3]) {
+      %sx = const [0.02] : f32[1]
+      %zx = const [0] : i8[1]
+      %w = const : f32[3, 5]
+      %0 = quantize_linear(%x, %sx, %zx) {axis=1} : i8[4, 5]
+      %1 = dequantize_linear(%0, %sx) {axis=1} : f32[4, 5]
+      %2 = linear(%1, %w) : f32[4, 3]
+      return %2
+    }""", {"w": w})
+    g = fuse_qdq(before.clone())
+    ql = g.nodes[-1]
+    assert ql.op == "quant_linear" and ql.inputs[1].type.rank == 0 and int(ql.inputs[2].data) == 0
+    _check(g, before, rng.standard_normal((4, 5)).astype(np.float32), 5, False)
+
+
 def test_float_weights_that_are_not_int8_stay_fp32():
     rng = np.random.default_rng(4)
     consts = {"w": rng.standard_normal((4, 8)).astype(np.float32), "b": np.zeros(4, np.float32)}
