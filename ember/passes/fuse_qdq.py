@@ -58,12 +58,22 @@ QMAXES = (127, 63)   # symmetric int8 weights; 63: ONNX Runtime's reduce_range w
 NEIGHBOURS = 2       # f32 steps tried on each side of max|W| / qmax
 
 
+def _quantize_rows(w: np.ndarray, s: np.ndarray):
+    """(rint(w / s) as i8, per row: whether dequantize(that, s) == w bit for bit)."""
+    q = np.rint(w.astype(np.float64) / s.astype(np.float64))
+    ok = np.all((q >= -128) & (q <= 127), axis=1)
+    q = np.clip(q, -128, 127).astype(np.int8)
+    ok &= np.all((q.astype(np.float32) * s).astype(np.float32) == w, axis=1)
+    return q, ok
+
+
 def _try_scales(w2: np.ndarray, amax: np.ndarray):
     """(wq, scale) with dequantize(wq, scale) == w2 for some candidate scale per row of
     ``w2`` (``amax`` [rows, 1]: each row's max |w|), or None."""
     rows = w2.shape[0]
     for qmax in QMAXES:
-        base = (amax / np.float32(qmax)).astype(np.float32)
+        # an all-zero row takes any scale (codes 0): 1
+        base = np.where(amax > 0, amax / np.float32(qmax), np.float32(1)).astype(np.float32)
         found = np.zeros(rows, bool)
         wq = np.zeros(w2.shape, np.int8)
         scale = np.ones((rows, 1), np.float32)
@@ -72,14 +82,16 @@ def _try_scales(w2: np.ndarray, amax: np.ndarray):
             up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
             cands += [up.astype(np.float32), down.astype(np.float32)]
         for s in cands:
-            safe = np.where(s > 0, s, np.float32(1))
-            q = np.rint(w2.astype(np.float64) / safe.astype(np.float64))
-            ok = np.all((q >= -128) & (q <= 127), axis=1)
-            q = np.clip(q, -128, 127).astype(np.int8)
-            ok &= np.all((q.astype(np.float32) * safe).astype(np.float32) == w2, axis=1)
-            new = ok & ~found
-            wq[new], scale[new] = q[new], safe[new]
-            found |= ok
+            rows_left = np.flatnonzero(~found)
+            for cols in (slice(0, 64), slice(None)):  # a cheap screen on a few columns first
+                if rows_left.size == 0:
+                    break
+                q, ok = _quantize_rows(w2[rows_left, cols], s[rows_left])
+                rows_left = rows_left[ok]
+            if rows_left.size:
+                wq[rows_left] = q[ok]
+                scale[rows_left] = s[rows_left]
+                found[rows_left] = True
         if found.all():
             return wq, scale.reshape(-1)
     return None
