@@ -101,7 +101,8 @@ def int8_weight(w: np.ndarray):
     """(wq i8, scale f32 [] or [rows]) such that dequantize_linear(wq, scale) == w exactly,
     scales along axis 0 (a linear's out features, a conv's out channels); None if none found.
 
-    >>> wq, s = int8_weight(np.float32([[0.5, -1.0], [2.0, 0.0]]))   # per row: s = [1/127, 2/127]
+    >>> int8_weight(np.float32([[127, -64], [127, 3]]) * np.float32([[0.01], [0.02]]))
+    (array([[127, -64], [127, 3]], dtype=int8), array([0.01, 0.02], dtype=float32))
     """
     w = np.ascontiguousarray(w, np.float32)
     if w.ndim < 1 or w.size == 0 or not np.all(np.isfinite(w)):
