@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..ir import dtypes
 from ..ir.symbolic import Dim
 from .loop_ir import Buffer, Expr, Template
 
@@ -37,6 +38,8 @@ class QGemm(Template):
     b: Buffer            # packed weight (i8, or i16 on the s16 route)
     route: str           # "u7" | "s16"
     epilogue: Expr | None = None
+
+    acc_dtype = dtypes.i32    # what var("acc") is in the epilogue (lower/schedule.py fuses into it)
 
     def inputs(self) -> list:
         return [self.a, self.b]

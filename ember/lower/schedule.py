@@ -112,8 +112,10 @@ def fuse_epilogues(prog: Program, log: list | None = None) -> Program:
                 readers.setdefault(b, []).append(i)
         for i, k in enumerate(prog.kernels):
             t = k.out
-            fusable = isinstance(k, Matmul) or (isinstance(k, Loop) and k.reduce is not None
-                                                and k.reduce.op != "argmax")
+            # a Template takes an epilogue when it has the field (e.g. the int8 GEMM)
+            takes_epilogue = isinstance(k, Matmul) or (isinstance(k, Template) and hasattr(k, "epilogue"))
+            fusable = takes_epilogue or (isinstance(k, Loop) and k.reduce is not None
+                                         and k.reduce.op != "argmax")
             if t.kind != "temp" or not fusable:
                 continue
             rs = readers.get(t, [])
@@ -135,15 +137,15 @@ def fuse_epilogues(prog: Program, log: list | None = None) -> Program:
             # P moves up to K's place: everything else it reads must already be written there
             if any(writer.get(b, -1) >= i for b in _bufs_of(p) if b is not t):
                 continue
-            acc = L.var("acc", k.out.dtype)
-            old = k.epilogue if isinstance(k, Matmul) else k.reduce.post
+            acc = L.var("acc", getattr(k, "acc_dtype", k.out.dtype))
+            old = k.epilogue if takes_epilogue else k.reduce.post
             value = old if old is not None else acc
             body, target = p.body, loads[0]
             if remap is not None:
                 memo: dict = {}
                 body, target = _subst_vars(body, remap, memo), _subst_vars(target, remap, memo)
             new = _replace(body, target, value)
-            if isinstance(k, Matmul):
+            if takes_epilogue:
                 k.epilogue = new
             else:
                 k.reduce.post = new
