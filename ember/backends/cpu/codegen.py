@@ -124,9 +124,9 @@ def check_bf16_kernels(prog: Program) -> None:
         else:
             continue
         if any(getattr(b, "dtype", None) is dtypes.bf16 for b in bufs):
-            raise EmberError(f"kernel {k.name} ({type(k).__name__}): bf16 matmul, convolution and "
-                             f"attention are not supported by the CPU backend yet (bf16 elementwise "
-                             f"ops, reductions and casts are); cast the model to float32 first")
+            raise EmberError(f"kernel {k.name} ({type(k).__name__}) would read bf16 operands "
+                             f"directly, which the CPU backend does not support (bf16 matmul, conv, "
+                             f"elementwise ops, reductions and casts are); cast the model to float32 first")
 
 
 def c_sym(name: str) -> str:
