@@ -59,7 +59,8 @@ class PassManager:
             if self.check:
                 verify_ir(g)
             if want is not None:
-                rec.max_error = compare(name, want, interpret(g, inputs), log)
+                rec.max_error = compare(name, want, interpret(g, inputs), log,
+                                        getattr(fn, "verify_outliers", 0.0))
             if name in self.dump_after or "all" in self.dump_after:
                 self.dumps[name] = str(g)
         return g
@@ -73,7 +74,12 @@ class PassManager:
         return "\n".join(rows)
 
 
-def compare(pass_name, want, got, log) -> float:
+def compare(pass_name, want, got, log, outliers: float = 0.0) -> float:
+    """The largest relative change from ``want`` to ``got``; VerificationError beyond RTOL.
+
+    ``outliers``: the fraction of float elements a pass may move further than RTOL (a pass
+    that moves integer arithmetic to where rounding ties can fall the other way, e.g. one
+    quantization step after a requantize, declares it as ``fn.verify_outliers``)."""
     worst = 0.0
     for k, (w, o) in enumerate(zip(want, got)):
         if w.shape != o.shape or w.dtype != o.dtype:
@@ -81,7 +87,7 @@ def compare(pass_name, want, got, log) -> float:
                                     f"to {o.dtype}{list(o.shape)}")
         if not dtypes.np_is_float(w.dtype):
             bad = int(np.sum(w != o))
-            if bad:
+            if bad and bad > outliers * w.size:
                 raise VerificationError(f"pass {pass_name!r} changed {bad} element(s) of output {k}"
                                         + _rewrites(log))
             continue
@@ -91,7 +97,8 @@ def compare(pass_name, want, got, log) -> float:
         ok = ~np.isnan(w64)
         diff = np.abs(w64[ok] - o64[ok])
         scale = np.abs(w64[ok]) if diff.size else diff
-        if diff.size and not np.all((diff <= ATOL + RTOL * scale) | (w64[ok] == o64[ok])):
+        off = ~((diff <= ATOL + RTOL * scale) | (w64[ok] == o64[ok])) if diff.size else diff.astype(bool)
+        if off.any() and off.mean() > outliers:
             err = float(np.max(diff / (np.abs(w64[ok]) + ATOL)))
             raise VerificationError(f"pass {pass_name!r} changed output {k}: max relative error {err:.2e} "
                                     f"> {RTOL:.0e}" + _rewrites(log))
