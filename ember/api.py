@@ -94,6 +94,7 @@ class CompiledModel:
         self.memory_plan = None
         self.pass_records: list = []
         self.quant_report = None
+        self.autotune_log = None  # compile(autotune=True): the tuner's decisions
         self.input_names = [v.name for v in graph.inputs]
         self.output_names = list(graph.output_names or [f"output{k}" for k in range(len(graph.outputs))])
         self._out_spec = graph.meta.get("torch_out_spec")
@@ -151,7 +152,7 @@ class CompiledModel:
 
 def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_level: int = 2,
             dump_after=(), verify: bool | None = None, fallback: str | None = None, quantize=None,
-            threads: int | None = None):
+            threads: int | None = None, autotune: bool | None = None):
     """Compile ``model`` for this CPU.
 
     ``opt_level`` 0 runs no graph passes, 1 cleanups, 2 everything (the default).
@@ -161,6 +162,9 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
     ``quantize="dynamic"`` or ``quantize=ember.quant.static(batches)`` runs int8 where it pays.
     ``threads`` sets how many threads the kernels use (default: $EMBER_NUM_THREADS, else
     every core this process may run on); ``compiled.threads = n`` changes it later.
+    ``autotune=True`` (or ``EMBER_AUTOTUNE=1``) benchmarks the fp32 GEMMs' blocking per shape
+    on this machine (once: decisions are cached) and prints the fastest; see
+    ``compiled.autotune_log``.
 
     >>> compiled = ember.compile(torch.nn.Linear(10, 1), (torch.randn(1, 10),),
     ...                          dynamic={"input": {0: "batch"}})
@@ -190,6 +194,12 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
         if opt_level >= 2:
             fuse_epilogues(prog, fusions)
             fuse_rows(prog, fusions)
+        autotune_log = None
+        from .backends.cpu import autotune as _autotune
+        if _autotune.enabled(autotune):
+            with progress.step("Autotuning GEMM tiles"):
+                autotune_log = _autotune.tune_program(
+                    prog, _model_threads(threads), _symbol_values(graph, _numpy_inputs(example_inputs, graph)))
         plan = plan_memory(prog, reuse=opt_level >= 1)
         source = generate(prog, plan)
     with progress.step("Compiling C"):
@@ -201,6 +211,7 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
     cm = CompiledModel(graph, source, native, pm.report())
     cm.kernels, cm.fusions, cm.memory_plan, cm.pass_records = len(prog.kernels), fusions, plan, pm.records
     cm.quant_report = quant_report
+    cm.autotune_log = autotune_log
     return cm
 
 
@@ -228,6 +239,25 @@ def _numpy_inputs(example_inputs, graph) -> list | None:
     if len(tensors) != len(graph.inputs):
         return None
     return [np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for v in tensors]
+
+
+def _model_threads(threads) -> int:
+    from .runtime.executable import default_threads
+    env = os.environ.get("EMBER_NUM_THREADS", "").strip()
+    return threads or (int(env) if env.isdigit() and int(env) > 0 else default_threads())
+
+
+def _symbol_values(graph, arrays) -> dict:
+    """Symbol name -> the example inputs' value for it (where a dim is a bare symbol)."""
+    env: dict = {}
+    for v, a in zip(graph.inputs, arrays or []):
+        for d, n in zip(v.shape, np.shape(a)):
+            if not isinstance(d, int) and len(getattr(d, "terms", {})) == 1:
+                from .ir.symbolic import free_symbols
+                syms = free_symbols(d)
+                if len(syms) == 1 and str(d) == next(iter(syms)):
+                    env.setdefault(next(iter(syms)), int(n))
+    return env
 
 
 def _signature(args) -> tuple:

@@ -252,6 +252,8 @@ class Matmul:
     a: Operand              # strides (batch..., m, k)
     b: Operand              # strides (batch..., k, n)
     epilogue: Expr | None = None  # of var("acc") and output vars i0.. (batch..., m, n)
+    tile: dict | None = None  # blocking chosen per kernel ("kc", "mc", ...; backends/cpu/autotune.py);
+                              # None = the backend's default constants
 
 
 class Template:

@@ -14,7 +14,8 @@
   NC and then MC halved until there are TASKS_WANTED of them.
   Partial sums over K blocks accumulate in C (when C is float32; otherwise K is one
   block); the last block's tile goes to a 6x16 buffer and the epilogue stores it to C,
-  element by element, in a loop gcc vectorizes. Tasks are scheduled dynamically, so a
+  element by element, in a loop gcc vectorizes. A kernel may carry its own blocking
+  (``Matmul.tile``: "kc", "mc", "tasks", "mc_min"), chosen per shape by ``autotune.py``. Tasks are scheduled dynamically, so a
   core that the OS takes away for a while does not stall the others at the barrier.
 * M == 1 with a packed weight is a GEMV: panels are split across threads and each k step
   feeds eight independent accumulators.
@@ -319,20 +320,25 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
         L.append(f"  const int64_t geom[11] = {{{g}}};")
     elif not packed:
         L.append(f"  const int64_t sbk = {sb[nb]}, sbn = {sb[nb + 1]};")
-    # K blocks of nearly equal size (<= KC); one block when C cannot hold partial sums
+    # blocking: the kernel's own tile (autotune.py) where it has one, else the defaults
+    tile = k.tile or {}
+    kc_max = int(tile.get("kc", KC))
+    tasks_wanted = int(tile.get("tasks", TASKS_WANTED))
+    mc_min = int(tile.get("mc_min", MC_MIN))
+    # K blocks of nearly equal size (<= kc_max); one block when C cannot hold partial sums
     if out_f32:
-        L.append(f"  const int64_t nkb = K > {KC} ? (K + {KC - 1}) / {KC} : 1, kcb = nkb > 1 ? (K + nkb - 1) / nkb : K + (K == 0);")
+        L.append(f"  const int64_t nkb = K > {kc_max} ? (K + {kc_max - 1}) / {kc_max} : 1, kcb = nkb > 1 ? (K + nkb - 1) / nkb : K + (K == 0);")
     else:
         L.append("  const int64_t kcb = K + (K == 0);")
-    mc = MC_PACKED if packed else MC_ONTHEFLY
+    mc = int(tile.get("mc", MC_PACKED if packed else MC_ONTHEFLY))
     L.append(f"  int64_t mc = M < {mc} ? M : {mc}, mt = (M + mc - 1) / mc;")
     L.append("  const int64_t n16 = (N + 15) / 16 * 16, npan = n16 / 16;")
     L.append("  int64_t nc = n16;")
-    L.append(f"  while (nbatch * mt * ((n16 + nc - 1) / nc) < {TASKS_WANTED} && nc > 64) nc = (nc / 2 + 15) / 16 * 16;")
+    L.append(f"  while (nbatch * mt * ((n16 + nc - 1) / nc) < {tasks_wanted} && nc > 64) nc = (nc / 2 + 15) / 16 * 16;")
     L.append("  const int64_t nt = (n16 + nc - 1) / nc;")
     # few, wide tasks (a deep conv layer: many output channels, a small image) leave a core
     # idle at the end; split the rows finer, in whole micro-tiles
-    L.append(f"  while (nbatch * mt * nt < {TASKS_WANTED} && mc > {MC_MIN}) {{ mc = (mc / 2 + 5) / 6 * 6; mt = (M + mc - 1) / mc; }}")
+    L.append(f"  while (nbatch * mt * nt < {tasks_wanted} && mc > {mc_min}) {{ mc = (mc / 2 + 5) / 6 * 6; mt = (M + mc - 1) / mc; }}")
     L.append("  const int64_t ntasks = nbatch * mt * nt;")
     L.append(f"  const int big = nbatch * M * N * K > {PARALLEL_MACS};")
 
