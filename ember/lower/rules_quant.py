@@ -6,7 +6,10 @@ loop writes the activations minus their zero point as int16 rows (K padded to ev
 weight is packed at compile time, and dequantization (scales, bias) is the kernel's epilogue.
 That path is exact: it is taken only when K * 255 * max|w| < 2**31 (int32 accumulation).
 
-Otherwise (symbolic K, a weight that is not a constant, ``quant_conv2d``) they lower to
+``quant_conv2d`` (groups = 1, constant weight, static spatial sizes) takes the same GEMM
+after an explicit im2col of its codes (padding taps hold the zero point).
+
+Otherwise (symbolic K, a weight that is not a constant, grouped convolutions) they lower to
 loop-IR *reductions*: the ``Matmul`` template computes in the A operand's C type and its
 blocked fp32 kernel (backends/cpu/gemm.py) has no integer path. A reduction whose body
 is ``int32(x[i, k]) * int32(w[n, k])`` over contiguous rows of x and of the (compile-time
@@ -346,6 +349,50 @@ def _matmul_integer(lw, n, r):
     return lw.reduce(I32, shape, (K,), av * bv, "sum", post, out)
 
 
+def _quant_conv2d_gemm(lw, n, r, stride, pad, dil):
+    """quant_conv2d (groups = 1, constant weight, static spatial sizes) as the int8 GEMM.
+
+    An explicit im2col writes the 8-bit codes [N, Ho, Wo, C, kh, kw] (taps outside the image
+    hold the input zero point, which dequantizes to 0), viewed as the GEMM's A [N*Ho*Wo, C*kh*kw];
+    the weight [O, C*kh*kw] is packed at compile time; the epilogue dequantizes (scales, bias).
+    The GEMM's [N*Ho*Wo, O] result is returned as an NCHW view (a permute). None when this
+    does not apply (the caller falls back to the reduction)."""
+    xq, xs, xz, wq, ws = r[:5]
+    bias = r[5] if len(r) > 5 else None
+    out = n.outputs[0]
+    warr = lw.const_array(wq)
+    O, C, KH, KW = wq.shape
+    N, H, W = xq.shape[0], xq.shape[2], xq.shape[3]
+    Ho, Wo = out.shape[2], out.shape[3]
+    if warr is None or not all(isinstance(d, int) for d in (O, C, KH, KW, H, W, Ho, Wo)):
+        return None
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dil
+    xv = lw.as_view(xq)
+    zload = lambda: xz.load([L.idx(0)] * len(xz.shape))
+    padded = bool(ph or pw) or (Ho - 1) * sh + (KH - 1) * dh >= H or (Wo - 1) * sw + (KW - 1) * dw >= W
+
+    def cols(ix):  # ix: image, oh, ow, c, tap row, tap column
+        hh, ww, inb = window(ix[1], ix[2], ix[4], ix[5], (sh, sw), (ph, pw), (dh, dw), H, W, check=padded)
+        xi = xv.flat_index([ix[0], ix[3], hh, ww])
+        if not padded:
+            return L.load(xv.buf, xi)
+        return L.where(inb, L.load(xv.buf, L.where(inb, xi, L.idx(0))), zload())
+    m, K = prod((N, Ho, Wo)), C * KH * KW
+    a = lw.store(Lazy((N, Ho, Wo, C, KH, KW), xq.dtype, cols))
+    x2 = lw.as_view(reshape(a, (m, K)))
+    zp = None if _all_zero(lw, xz) else (lambda i: zload())
+    wsl = (lambda j: ws.load([])) if len(ws.shape) == 0 else \
+        (lambda j: ws.load([L.idx(0)] if ws.shape[0] == 1 else [j]))
+
+    def epilogue(acc, i, j):
+        y = L.cast(acc, F32) * (xs.load([]) * wsl(j))
+        return y + bias.load([j]) if bias is not None else y
+    res = qgemm(lw, x2, zp, warr.reshape(O, K), epilogue, F32, None, u7=_codes_below_128(n.inputs[0]))
+    if res is None:
+        return None
+    return permute(reshape(res, (N, Ho, Wo, O)), (0, 3, 1, 2))
+
+
 @rule("quant_conv2d")
 def _quant_conv2d(lw, n, r):
     xq, xs, xz, wq, ws = r[:5]
@@ -353,6 +400,10 @@ def _quant_conv2d(lw, n, r):
     out = n.outputs[0]
     (sh, sw), (ph, pw), (dh, dw) = (_pair(n.attrs[k]) for k in ("stride", "padding", "dilation"))
     groups = n.attrs["groups"]
+    if groups == 1:
+        res = _quant_conv2d_gemm(lw, n, r, (sh, sw), (ph, pw), (dh, dw))
+        if res is not None:
+            return res
     O, Cg, KH, KW = wq.shape
     H, W = xq.shape[2], xq.shape[3]
     i0, i1, i2, i3 = out_vars(4)
