@@ -5,10 +5,12 @@ For each Matmul against a packed constant weight (static N and K; M may be symbo
 tuned at a representative value, the example input's or ``DEFAULT_M``, rounded up to a power
 of two), one standalone C program holds the GEMM printed once per candidate tile
 (``Matmul.tile``: K block "kc", rows per task "mc"). It is compiled once with the toolchain's
-flags and run: random operands, a warm-up call, the median of several timed calls per
-candidate, OpenMP on the model's thread count. Every candidate's result is checked against
-the default blocking's; the fastest candidate that agrees wins. When the default wins the
-kernel keeps ``tile = None`` and its C is exactly the untuned C.
+flags and run: random operands, OpenMP on the model's thread count, a warm-up call per
+candidate, then rounds of one timed call per candidate (so that a burst of other load hits
+all of them alike), and each candidate's median. Every candidate's result is checked against
+the default blocking's; the fastest candidate that agrees wins if it beats the default by
+``MIN_GAIN``. When the default wins the kernel keeps ``tile = None`` and its C is exactly
+the untuned C.
 
 Decisions are cached in ``<compile cache>/autotune.json``, keyed by CPU, threads, M bucket,
 N and K, so a shape is benchmarked once per machine. The chosen tile is printed into the
@@ -34,8 +36,8 @@ DEFAULT_M = 128          # rows to tune at when M is symbolic and no example say
 M_MIN, M_MAX = 8, 4096   # M bucket range (M below 8 is mostly the GEMV or one row task)
 KC_CHOICES = (128, 256, 384)
 MC_CHOICES = (48, 96, 192)
-REPS = 7                 # timed calls per candidate (fewer when a call is slow)
-BUDGET_S = 0.25          # about this much timing per candidate
+REPS = 15                # timed calls per candidate (fewer when a call is slow, at least 3)
+BUDGET_S = 0.3           # about this much timing per candidate
 CACHE_FILE = "autotune.json"
 MIN_GAIN = 1.03          # a tile must beat the default by 3% (timings are noisy) to replace it
 
@@ -97,6 +99,7 @@ _MAIN = r"""
 #include <omp.h>
 static double ember_now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
 static int ember_cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
+#define NCAND %(ncand)d
 int main(void) {
   omp_set_num_threads(%(threads)d);
   const int64_t na = %(na)s, nb = %(nb)s, nc = %(nc)s;
@@ -105,26 +108,29 @@ int main(void) {
   uint32_t s = 12345u;
   for (int64_t i = 0; i < na; i++) { s = s * 1664525u + 1013904223u; A[i] = (float)(s >> 8) / 16777216.0f - 0.5f; }
   for (int64_t i = 0; i < nb; i++) { s = s * 1664525u + 1013904223u; B[i] = (float)(s >> 8) / 16777216.0f - 0.5f; }
-  for (int c = 0; c < %(ncand)d; c++) {
+  double err[NCAND], ref = 0, one = 0;
+  for (int c = 0; c < NCAND; c++) {  /* warm-up, and each candidate's result against the default's */
     for (int64_t i = 0; i < nc; i++) C[i] = NAN;
     double t0 = ember_now();
-    ember_cand(c, A, B, C);  /* warm-up, and the result to check */
-    double one = ember_now() - t0;
-    double err = 0, ref = 0;
-    if (c == 0) memcpy(R, C, sizeof(float) * nc);
+    ember_cand(c, A, B, C);
+    if (c == 0) { one = ember_now() - t0; memcpy(R, C, sizeof(float) * nc); }
+    err[c] = 0;
     for (int64_t i = 0; i < nc; i++) {
       double d = fabs((double)C[i] - (double)R[i]);
-      if (!(d <= err)) err = d != d ? INFINITY : d;
-      if (fabs((double)R[i]) > ref) ref = fabs((double)R[i]);
+      if (!(d <= err[c])) err[c] = d != d ? INFINITY : d;
+      if (c == 0 && fabs((double)R[i]) > ref) ref = fabs((double)R[i]);
     }
-    int reps = one > 0 ? (int)(%(budget)f / one) : %(reps)d;
-    if (reps > %(reps)d) reps = %(reps)d;
-    if (reps < 3) reps = 3;
-    double t[64];
-    for (int r = 0; r < reps; r++) { t0 = ember_now(); ember_cand(c, A, B, C); t[r] = ember_now() - t0; }
-    qsort(t, reps, sizeof(double), ember_cmp);
-    printf("%%d %%.9f %%.9g %%.9g\n", c, t[reps / 2], err, ref);
-    fflush(stdout);
+  }
+  int reps = one > 0 ? (int)(%(budget)f / one) : %(reps)d;
+  if (reps > %(reps)d) reps = %(reps)d;
+  if (reps < 3) reps = 3;
+  /* rounds of one call per candidate, so that a burst of other load hits all of them alike */
+  static double t[NCAND][64];
+  for (int r = 0; r < reps; r++)
+    for (int c = 0; c < NCAND; c++) { double t0 = ember_now(); ember_cand(c, A, B, C); t[c][r] = ember_now() - t0; }
+  for (int c = 0; c < NCAND; c++) {
+    qsort(t[c], reps, sizeof(double), ember_cmp);
+    printf("%%d %%.9f %%.9g %%.9g\n", c, t[c][reps / 2], err[c], ref);
   }
   return 0;
 }
@@ -167,7 +173,9 @@ def run_benchmark(source: str) -> list[tuple]:
         if proc.returncode != 0:
             raise CompileError(f"autotune benchmark did not compile:\n{proc.stderr[-4000:]}")
         stats["bench_runs"] += 1
-        proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, check=False)
+        # the OpenMP settings the model runs under (runtime/executable.py sets a short spin)
+        env = {**os.environ, "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "1000")}
+        proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, check=False, env=env)
         if proc.returncode != 0:
             raise CompileError(f"autotune benchmark failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     rows = []
