@@ -378,8 +378,6 @@ def _quant_conv2d_gemm(lw, n, r, stride, pad, dil):
             return L.load(xv.buf, xi)
         return L.where(inb, L.load(xv.buf, L.where(inb, xi, L.idx(0))), zload())
     m, K = prod((N, Ho, Wo)), C * KH * KW
-    a = lw.store(Lazy((N, Ho, Wo, C, KH, KW), xq.dtype, cols))
-    x2 = lw.as_view(reshape(a, (m, K)))
     zp = None if _all_zero(lw, xz) else (lambda i: zload())
     wsl = (lambda j: ws.load([])) if len(ws.shape) == 0 else \
         (lambda j: ws.load([L.idx(0)] if ws.shape[0] == 1 else [j]))
@@ -387,7 +385,24 @@ def _quant_conv2d_gemm(lw, n, r, stride, pad, dil):
     def epilogue(acc, i, j):
         y = L.cast(acc, F32) * (xs.load([]) * wsl(j))
         return y + bias.load([j]) if bias is not None else y
-    res = qgemm(lw, x2, zp, warr.reshape(O, K), epilogue, F32, None, u7=_codes_below_128(n.inputs[0]))
+    w2 = warr.reshape(O, K).astype(np.int64)
+    u7 = _codes_below_128(n.inputs[0])
+    if not u7 and K % 2 == 0 and K * 255 * max(int(np.abs(w2).max()), 1) < 2 ** 31:
+        # the s16 route in one pass: im2col writes x - zp as int16 (0 in the padding)
+        def cols16(ix):
+            v = L.cast(cols(ix), dtypes.i16)
+            return v - L.cast(zload(), dtypes.i16) if zp is not None else v
+        a = lw.store(Lazy((N, Ho, Wo, C, KH, KW), dtypes.i16, cols16))
+        wdt = (np.int8, dtypes.i8) if w2.min() >= -128 and w2.max() <= 127 else (np.int16, dtypes.i16)
+        wp = lw.const(pack_groups(w2, 2, wdt[0]), wdt[1], "qgemm_w").buf
+        buf = lw.temp(F32, (m, O))
+        i0, i1 = out_vars(2)
+        lw.prog.kernels.append(QGemm(lw._name("k"), buf, (m, O), m, O, K, K, a.buf, wp, "s16",
+                                     epilogue(L.var("acc", I32), i0, i1)))
+        return permute(View(buf, (N, Ho, Wo, O)), (0, 3, 1, 2))
+    a = lw.store(Lazy((N, Ho, Wo, C, KH, KW), xq.dtype, cols))
+    x2 = lw.as_view(reshape(a, (m, K)))
+    res = qgemm(lw, x2, zp, w2, epilogue, F32, None, u7=u7)
     if res is None:
         return None
     return permute(reshape(res, (N, Ho, Wo, O)), (0, 3, 1, 2))
