@@ -201,11 +201,12 @@ REQUANT_RULES = [
 LINEAR_RULES = _layer_rules("linear", "quant_linear")
 CONV_RULES = _layer_rules("conv2d", "quant_conv2d")
 
-# quant_conv2d (groups = 1) now lowers to im2col + the int8 GEMM (lower/rules_quant.py):
-# 64->64 3x3 at 4 x 28 x 28 measured 8.2 ms against 11.0 ms for the fp32 conv (and 105 ms for
-# the old reduction), benchmarks/bench_quant_conv.py, noisy machine. Grouped convolutions
-# still lower to the reduction. The default stays off until tests/passes/test_fuse_qdq.py
-# (which asserts the default) is updated with it.
+# quant_conv2d (groups = 1) now lowers to im2col + the int8 GEMM (lower/rules_quant.py),
+# 12-20x faster than the old reduction, but not reliably faster than the fp32 conv template
+# (benchmarks/bench_quant_conv.py, noisy machine: 64->64 3x3 at 4 x 28 x 28 measured between
+# 0.8x and 1.3x of fp32; the 1-image 28x28 / 56x56 shapes 1.2-2x). Grouped convolutions still
+# lower to the reduction. So by default a QDQ conv keeps its exact simulated fp32 form;
+# tests/passes/test_fuse_qdq.py asserts that default.
 FUSE_CONV = False
 
 
