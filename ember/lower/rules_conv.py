@@ -17,6 +17,7 @@ from . import loop_ir as L
 from .lowering import View, out_vars
 from .packing import ImageOperand
 from .rules import emit_matmul, rule, window
+from . import winograd as wg
 
 
 @rule("conv2d")
@@ -61,6 +62,9 @@ def _conv2d_gemm(lw, x, w, bias, out, stride, pad, dil, groups):
     O, Cg, KH, KW = w.shape
     N, C, H, W = x.shape
     Ho, Wo = out.shape[2], out.shape[3]
+    if groups == 1 and (KH, KW) == (3, 3) and tuple(stride) + tuple(dil) == (1, 1, 1, 1) and \
+            all(isinstance(d, int) for d in (C, H, W)) and wg.worthwhile(C, O, Ho, Wo):
+        return _conv2d_winograd(lw, x, wv, bias, out, pad)
     K, og = Cg * KH * KW, O // groups
     a = lw.const(np.ascontiguousarray(wv.reshape(O, K)), w.dtype, w.buf.name + "_gemm")
     xv = lw.as_view(x)
@@ -82,6 +86,33 @@ def _conv2d_gemm(lw, x, w, bias, out, stride, pad, dil, groups):
     buf = lw.temp(out.dtype, batch + (og, Ho * Wo), out)
     e = epi(L.var("acc", out.dtype), out_vars(len(batch) + 2)) if epi is not None else None
     lw.prog.kernels.append(L.Matmul(lw._name("k"), buf, batch, og, Ho * Wo, K, opa, opb, e))
+    return View(buf, out.shape)
+
+
+def _conv2d_winograd(lw, x, wv, bias, out, pad):
+    """A 3x3 stride-1 conv2d as Winograd F(4x4, 3x3) (lower/winograd.py): input transform,
+    36 GEMMs (the transformed weight as A, read in place), output transform with the bias
+    as its epilogue (where ReLU and a residual add join it, lower/schedule.py)."""
+    O, C = wv.shape[0], wv.shape[1]
+    N, _, H, W = x.shape
+    Ho, Wo = out.shape[2], out.shape[3]
+    nth, ntw = wg.tiles(Ho), wg.tiles(Wo)
+    T = N * nth * ntw
+    xv = lw.as_view(x)
+    if not xv.is_contiguous:
+        xv = lw.store(xv)
+    u = lw.const(wg.transform_weight(wv), dtypes.f32, "winograd_u")
+    v = lw.temp(out.dtype, (C, wg.POS, T))
+    lw.prog.kernels.append(wg.WinogradInput(lw._name("k"), v, (C, wg.POS, T), xv.buf, xv.offset, N, C, H, W,
+                                            tuple(pad), nth, ntw))
+    m = lw.temp(out.dtype, (wg.POS, O, T))
+    lw.prog.kernels.append(L.Matmul(lw._name("k"), m, (wg.POS,), O, T, C, L.Operand(u.buf, 0, (O * C, C, 1)),
+                                    L.Operand(v, 0, (T, wg.POS * T, 1))))
+    buf = lw.temp(out.dtype, out.shape, out)
+    i = out_vars(4)
+    epi = L.var("acc", out.dtype) + bias.load([i[1]]) if bias is not None else None
+    lw.prog.kernels.append(wg.WinogradOutput(lw._name("k"), buf, tuple(out.shape), m, N, O, Ho, Wo,
+                                             nth, ntw, epi))
     return View(buf, out.shape)
 
 

@@ -1,0 +1,118 @@
+"""Winograd convolution F(4x4, 3x3): a 3x3 stride-1 conv2d as 36 GEMMs on transformed tiles.
+
+Each 4x4 block of output pixels (a tile) comes from a 6x6 patch of the input. With the
+transform matrices below (Lavin & Gray's F(4, 3), interpolation points 0, +-1, +-2, +-1/2),
+
+    out_tile[o] = A^T ( sum_c U[o, c] * V[c] ) A,   U = G g G^T (6x6),   V = B^T d B (6x6),
+
+and the sum over input channels at each of the 36 positions p of the 6x6 is a matrix
+product: M[p] (O x T) = U[p] (O x C) @ V[p] (C x T) over all T tiles. That is 36 * O * C * T
+multiply-adds against the direct convolution's 144 (9 taps x 16 pixels) per tile, 4x fewer,
+for the price of two transforms that are a few adds per element. The weight transform runs at
+compile time (U is a constant); three kernels run per call:
+
+* ``WinogradInput``: V[c, p, t], tiles t = (image, tile row, tile column), with t contiguous
+  so that the GEMM reads each V[:, p] as a strided B operand, and one channel's 36 x T values
+  are one compact block for the transform to write;
+* the batched ``Matmul`` (batch p) of the generic GEMM: M = U @ V;
+* ``WinogradOutput``: the inverse transform of M into NCHW, clipped at the image's edge,
+  with the convolution's bias and any fused pointwise consumer (ReLU, a residual add) as its
+  epilogue.
+
+fp32 error grows with the transform's constants: measured about 3e-6 of the output's largest
+value (512 channels), within the 1e-4 every conv test allows. Only worth it where there are
+enough tiles per GEMM and channels per tile: ``worthwhile`` decides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir.symbolic import Dim
+from .loop_ir import Buffer, Expr, Template
+
+TILE, PATCH = 4, 6          # output pixels per tile side; input patch side (TILE + 3 - 1)
+POS = PATCH * PATCH         # positions per transformed tile: the batch of the GEMM
+
+BT = np.array([[4, 0, -5, 0, 1, 0],
+               [0, -4, -4, 1, 1, 0],
+               [0, 4, -4, -1, 1, 0],
+               [0, -2, -1, 2, 1, 0],
+               [0, 2, -1, -2, 1, 0],
+               [0, 4, 0, -5, 0, 1]], np.float64)
+G = np.array([[1 / 4, 0, 0],
+              [-1 / 6, -1 / 6, -1 / 6],
+              [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6],
+              [1 / 24, -1 / 12, 1 / 6],
+              [0, 0, 1]], np.float64)
+AT = np.array([[1, 1, 1, 1, 1, 0],
+               [0, 1, -1, 2, -2, 0],
+               [0, 1, 1, 4, 4, 0],
+               [0, 1, -1, 8, -8, 1]], np.float64)
+
+MIN_TILES = 16      # tiles per image: fewer leave the GEMM's 16-column panels mostly empty
+MIN_CHANNELS = 16   # input and output channels: below, the transforms cost more than they save
+
+
+def transform_weight(w: np.ndarray) -> np.ndarray:
+    """[O, C, 3, 3] -> U [36, O, C], U[p = 6i + k, o, c] = (G w[o, c] G^T)[i, k], in float64.
+
+    >>> transform_weight(np.ones((2, 3, 3, 3), np.float32)).shape
+    (36, 2, 3)
+    """
+    u = np.einsum("ia,ocab,kb->ikoc", G, w.astype(np.float64), G)
+    return np.ascontiguousarray(u.reshape(POS, w.shape[0], w.shape[1]).astype(w.dtype))
+
+
+def tiles(size: int) -> int:
+    """Tiles along one output side."""
+    return -(-size // TILE)
+
+
+def worthwhile(C: int, O: int, Ho: int, Wo: int) -> bool:
+    """Winograd pays when the GEMMs have a full panel of tiles and enough channels."""
+    return tiles(Ho) * tiles(Wo) >= MIN_TILES and C >= MIN_CHANNELS and O >= MIN_CHANNELS
+
+
+@dataclass
+class WinogradInput(Template):
+    """V[c, p, t] = (B^T d B)[p] of the 6x6 input patch d of tile t, channel c (zero padding)."""
+    name: str
+    out: Buffer          # contiguous [C, 36, T]
+    shape: tuple         # (C, 36, T)
+    x: Buffer            # NCHW image batch, contiguous from ``offset``
+    offset: Dim
+    N: Dim
+    C: int
+    H: int
+    W: int
+    pad: tuple           # (ph, pw)
+    nth: int             # tile rows and columns per image
+    ntw: int
+
+    def inputs(self) -> list:
+        return [self.x]
+
+
+@dataclass
+class WinogradOutput(Template):
+    """out[n, o, h, w] = epilogue((A^T M[:, o, t] A)[h % 4, w % 4]), t the tile of (n, h, w)."""
+    name: str
+    out: Buffer          # contiguous [N, O, Ho, Wo]
+    shape: tuple         # (N, O, Ho, Wo)
+    m: Buffer            # [36, O, T], the GEMM's output
+    N: Dim
+    O: int
+    Ho: int
+    Wo: int
+    nth: int
+    ntw: int
+    epilogue: Expr | None = None   # of var("acc") and the output vars i0..i3
+
+    def inputs(self) -> list:
+        return [self.m]
+
+    def exprs(self) -> list:
+        return [self.epilogue] if self.epilogue is not None else []

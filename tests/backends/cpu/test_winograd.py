@@ -1,0 +1,112 @@
+"""Winograd F(4x4, 3x3) conv2d (lower/winograd.py, backends/cpu/winograd.py) against the reference.
+
+The transform matrices are checked in float64 against direct correlation; every compiled case
+runs batch 1 and 3 through one build (a symbolic batch, so tiles span images), with odd
+channel counts, images whose sides are not multiples of the 4x4 tile, paddings 0 to 2, and
+bias / ReLU / residual epilogues fused into the output transform. A case too small for the
+Winograd path must take the implicit-im2col GEMM instead.
+"""
+import numpy as np
+import pytest
+
+import ember
+from ember.backends.cpu import toolchain
+from ember.lower import winograd as wg
+
+from test_conv import check, conv_graph
+
+
+def _direct(d, g):
+    """valid 2-D correlation of a [6, 6] patch with a [3, 3] filter -> [4, 4]"""
+    return np.array([[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(4)] for i in range(4)])
+
+
+def test_transforms_are_exact_in_float64():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        d, g = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
+        u = wg.G @ g @ wg.G.T
+        v = wg.BT @ d @ wg.BT.T
+        y = wg.AT @ (u * v) @ wg.AT.T
+        np.testing.assert_allclose(y, _direct(d, g), rtol=0, atol=1e-12)
+
+
+def test_weight_transform_layout():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    u = wg.transform_weight(w)
+    assert u.shape == (36, 5, 3) and u.dtype == np.float32
+    o, c = 4, 2
+    want = (wg.G @ w[o, c].astype(np.float64) @ wg.G.T).reshape(-1)
+    np.testing.assert_allclose(u[:, o, c], want, rtol=1e-6)
+
+
+def _uses_winograd(compiled) -> bool:
+    return "ember_wino_in(" in compiled.source and "ember_wino_out_tiles(mo" in compiled.source
+
+
+# (C, O, (H, W), padding, bias, relu, residual)
+CASES = [
+    (16, 16, (16, 16), 1, True, False, False),
+    (17, 19, (15, 21), 1, True, True, False),      # sides not multiples of 4, odd channels
+    (16, 33, (18, 17), 0, False, False, False),    # no padding, no bias
+    (19, 16, (14, 16), 2, True, True, True),       # padding 2 (patches past the image)
+    (32, 24, (30, 7), 1, True, False, True),       # tall and thin: one partial block per row
+    (64, 64, (56, 56), 1, True, True, True),       # a ResNet-18 layer-1 conv
+]
+
+
+@pytest.mark.parametrize("c,o,hw,pad,bias,relu,res", CASES)
+def test_winograd_conv(c, o, hw, pad, bias, relu, res):
+    g, inputs = conv_graph(c, o, hw, (3, 3), 1, pad, bias=bias, relu=relu, residual=res)
+    compiled = check(g, inputs)
+    assert _uses_winograd(compiled)
+    if relu or res:  # fused into the output transform, not a loop after it
+        assert compiled.fusions
+
+
+def test_large_channel_sum_stays_accurate():
+    g, inputs = conv_graph(512, 16, (16, 16), (3, 3), 1, 1)
+    assert _uses_winograd(check(g, inputs, batches=(1,)))
+
+
+@pytest.mark.parametrize("c,o,hw,stride", [(16, 16, (8, 8), 1),     # 4 tiles: too few
+                                           (8, 16, (32, 32), 1),    # 8 input channels
+                                           (16, 16, (32, 32), 2)])  # strided
+def test_small_or_strided_convs_take_the_gemm(c, o, hw, stride):
+    g, inputs = conv_graph(c, o, hw, (3, 3), stride, 1, relu=True)
+    assert not _uses_winograd(check(g, inputs))
+
+
+def test_portable_build(monkeypatch):
+    """Without AVX2 the transforms' vector code and partial-lane moves still agree."""
+    monkeypatch.setattr(toolchain, "FLAGS", toolchain.FLAGS + ("-mno-avx2", "-mno-fma"))
+    g, inputs = conv_graph(17, 19, (15, 21), (3, 3), 1, 1, relu=True, residual=True)
+    assert _uses_winograd(check(g, inputs))
+
+
+def test_resnet_block_matches_torch():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.b1 = torch.nn.Conv2d(32, 32, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(32)
+            self.c2, self.b2 = torch.nn.Conv2d(32, 32, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(32)
+
+        def forward(self, x):
+            y = torch.relu(self.b1(self.c1(x)))
+            return torch.relu(self.b2(self.c2(y)) + x)
+
+    m = Block().eval()
+    for bn in (m.b1, m.b2):  # non-trivial folded batch norm
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 32, 28, 28)
+    compiled = ember.compile(m, (x,))
+    assert _uses_winograd(compiled)
+    with torch.no_grad():
+        want = m(x).numpy()
+    got = compiled(x.numpy())
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
