@@ -8,7 +8,8 @@ dynamically. Inside a task the keys are walked in blocks of KB, with an online s
   lanes and the per-query max, exp and sum over keys are plain vertical vector operations
   (gcc vectorizes those loops).
 * Both products are one micro-kernel over 16 query lanes, ``c[r][:] (+)= sum_t a[r, t] *
-  b[t][:]``, six rows at a time (twelve FMA accumulators, enough to hide FMA latency), with
+  b[t][:]``, six rows at a time (twelve ymm accumulators, enough to hide FMA latency; twelve
+  rows of one zmm each with AVX-512), with
   ``a`` broadcast element by element through its strides, so K and V are read in place
   whatever their layout and head dim: s[j][:] = sum_d K[j, d] qt[d][:] (rows = keys), and
   acc[c][:] = acc[c][:] * alpha[:] + sum_j V[j, c] p[j][:] (rows = value columns; the
@@ -52,6 +53,25 @@ _COMMON = f"""/* fused attention (backends/cpu/attention.py) */
 """
 
 MR = 6   # rows per micro-kernel call: 2 * MR = 12 accumulators hide the FMA latency
+MR_AVX512 = 12   # with AVX-512 one zmm holds the 16 lanes: 12 rows, 12 accumulators
+
+
+def _ukr_avx512(mr: int) -> str:
+    init = " ".join(f"__m512 c{r} = alpha ? _mm512_mul_ps(al, _mm512_loadu_ps(c + {16 * r})) : _mm512_setzero_ps();"
+                    for r in range(mr))
+    body = "\n".join(f"    c{r} = _mm512_fmadd_ps(_mm512_set1_ps(a[{r} * ar + t * at]), b0, c{r});" for r in range(mr))
+    store = " ".join(f"_mm512_storeu_ps(c + {16 * r}, c{r});" for r in range(mr))
+    return f"""static inline void ember_att_ukr{mr}(int64_t T, const float *restrict a, int64_t ar, int64_t at,
+    const float *restrict b, float *restrict c, const float *restrict alpha) {{
+  const __m512 al = alpha ? _mm512_loadu_ps(alpha) : _mm512_setzero_ps();
+  {init}
+  for (int64_t t = 0; t < T; t++) {{
+    const __m512 b0 = _mm512_loadu_ps(b + 16 * t);
+{body}
+  }}
+  {store}
+}}
+"""
 
 
 def _ukr_avx(mr: int) -> str:
@@ -94,13 +114,15 @@ def _ukr_portable(mr: int) -> str:
 # c[r][0:16] = (alpha ? c[r][0:16] * alpha[0:16] : 0) + sum_t a[r * ar + t * at] * b[t][0:16], r < rows:
 # the one product of the kernel, 16 query lanes wide. Scores: rows = keys, t = d, a = K,
 # b = qt. Output: rows = value columns, t = keys, a = V read transposed, b = p.
-_MM = ("static void ember_att_mm(int64_t rows, int64_t T, const float *a, int64_t ar, int64_t at,\n"
-       "    const float *b, float *c, const float *alpha) {\n"
-       f"  for (int64_t r = 0; r < rows; r += {MR}) {{\n"
-       f"    switch (ember_min64({MR}, rows - r)) {{\n" +
-       "".join(f"      case {m}: ember_att_ukr{m}(T, a + r * ar, ar, at, b, c + 16 * r, alpha); break;\n"
-               for m in range(1, MR + 1)) +
-       "    }\n  }\n}\n")
+def _mm(mr: int) -> str:
+    return ("static void ember_att_mm(int64_t rows, int64_t T, const float *a, int64_t ar, int64_t at,\n"
+            "    const float *b, float *c, const float *alpha) {\n"
+            f"  for (int64_t r = 0; r < rows; r += {mr}) {{\n"
+            f"    switch (ember_min64({mr}, rows - r)) {{\n" +
+            "".join(f"      case {m}: ember_att_ukr{m}(T, a + r * ar, ar, at, b, c + 16 * r, alpha); break;\n"
+                    for m in range(1, mr + 1)) +
+            "    }\n  }\n}\n")
+
 
 # s[u] = sum_d q[d] * k[u * ks + d], u < 4, k unit-stride along d: the scores of one query row
 _DOT4_AVX = r"""static inline void ember_att_dot4(int64_t D, const float *restrict q, const float *restrict k, int64_t ks,
@@ -129,9 +151,10 @@ _DOT4_PORTABLE = r"""static inline void ember_att_dot4(int64_t D, const float *r
 }
 """
 
-_AVX = ("#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n" +
-        "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _DOT4_AVX + "#else\n" +
-        "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _DOT4_PORTABLE + "#endif\n" + _MM)
+_AVX = ("#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n" + _DOT4_AVX +
+        "#if defined(__AVX512F__)\n" + "".join(_ukr_avx512(m) for m in range(1, MR_AVX512 + 1)) + _mm(MR_AVX512) +
+        "#else\n" + "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _mm(MR) + "#endif\n" +
+        "#else\n" + "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _DOT4_PORTABLE + _mm(MR) + "#endif\n")
 
 _DRIVER = r"""static inline int64_t ember_att_scratch(int64_t D, int64_t Dv) {
   return 16 * D + EMBER_ATT_KB * 16 + 16 * Dv + 4 * 16;

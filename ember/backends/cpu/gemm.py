@@ -2,10 +2,11 @@
 
 ``out[b, i, j] = epilogue(sum_k A[b, i, k] * B[b, k, j])`` for float32 A and B.
 
-* Micro-kernel: an MR x 16 tile (MR <= 6) of C held in 2*MR ymm accumulators; each k step
-  broadcasts MR elements of A (rows of A, unit stride along k) and loads 16 packed elements
-  of B. AVX2/FMA intrinsics when the compiler targets them, a portable C loop otherwise
-  (the same packed layout, so both read the same constants).
+* Micro-kernel: an MR x 16 tile of C; each k step broadcasts MR elements of A (rows of A,
+  unit stride along k) and loads 16 packed elements of B. By the instruction set the
+  compiler targets (-march=native): AVX-512, MR = 12 rows of one zmm each; AVX2/FMA, MR = 6
+  rows of two ymm each; else a portable C loop with MR = 6. All read the same packed layout,
+  so the constants (and saved artifacts) do not depend on it; ``EMBER_MR`` in the C.
 * B layout: panels of 16 columns, ``Bp[(j / 16) * K + k][j % 16]``, zero-padded past N. A
   constant B (a weight) is packed once at compile time (``ember.lower.packing``); an
   activation B (attention's Q@K^T, P@V) is packed per task on the fly.
@@ -13,7 +14,7 @@
   rows of A in L2 stream past it); tasks of (batch, MC rows, NC columns) go to OpenMP,
   NC and then MC halved until there are TASKS_WANTED of them.
   Partial sums over K blocks accumulate in C (when C is float32; otherwise K is one
-  block); the last block's tile goes to a 6x16 buffer and the epilogue stores it to C,
+  block); the last block's tile goes to an MR x 16 buffer and the epilogue stores it to C,
   element by element, in a loop gcc vectorizes. A kernel may carry its own blocking
   (``Matmul.tile``: "kc", "mc", "tasks", "mc_min"), chosen per shape by ``autotune.py``. Tasks are scheduled dynamically, so a
   core that the OS takes away for a while does not stall the others at the barrier.
@@ -35,6 +36,7 @@ from ...lower.loop_ir import Matmul
 from ...lower.packing import ImageOperand
 
 MR, NR = 6, 16
+MR_AVX512 = 12       # rows of the AVX-512 micro-tile (EMBER_MR in the C)
 KC = 256             # K block: KC x 16 floats of B = 16 KiB, half of L1d
 MC_PACKED = 96       # rows per task with a pre-packed B (A block 96 x 256 floats in L2)
 MC_ONTHEFLY = 192    # larger when B is packed per task, so packing is a smaller share
@@ -61,6 +63,33 @@ def _ukr_avx(mr: int) -> str:
   #pragma GCC unroll 4
   for (int64_t k = 0; k < kc; k++) {{
     const __m256 b0 = _mm256_loadu_ps(b + 16 * k), b1 = _mm256_loadu_ps(b + 16 * k + 8);
+{body}
+  }}
+  if (accumulate) {{
+{add}
+  }}
+{store}
+}}
+"""
+
+
+def _ukr_avx512(mr: int) -> str:
+    """MR x 16 with one zmm accumulator per row: each k step is one load of the panel row and
+    MR FMAs whose A operand is a broadcast straight from memory; 32 registers hold MR = 12
+    accumulators, enough to cover the FMA latency on two ports. Same operands as the AVX2
+    kernel: rows of A read in place, ``rs`` apart."""
+    acc = ", ".join(f"c{r} = _mm512_setzero_ps()" for r in range(mr))
+    rows = " ".join(f"const float *restrict a{r} = a + {r} * rs;" for r in range(mr))
+    body = "\n".join(f"    c{r} = _mm512_fmadd_ps(_mm512_set1_ps(a{r}[k]), b0, c{r});" for r in range(mr))
+    add = "\n".join(f"    c{r} = _mm512_add_ps(c{r}, _mm512_loadu_ps(ci + {r} * ldi));" for r in range(mr))
+    store = "\n".join(f"  _mm512_storeu_ps(c + {r} * ldc, c{r});" for r in range(mr))
+    return f"""static inline void ember_ukr{mr}(int64_t kc, const float *restrict a, int64_t rs,
+    const float *restrict b, const float *ci, int64_t ldi, float *c, int64_t ldc, int accumulate) {{
+  __m512 {acc};
+  {rows}
+  #pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; k++) {{
+    const __m512 b0 = _mm512_loadu_ps(b + 16 * k);
 {body}
   }}
   if (accumulate) {{
@@ -279,17 +308,29 @@ static inline void ember_pack_a(int64_t mc, int64_t kc, const float *restrict a,
 """
 
 
-def prelude() -> str:
-    """C helpers shared by every GEMM kernel of a program (printed once)."""
-    avx = "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _GEMV_AVX + _PACK_IMG_AVX
-    portable = "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _GEMV_PORTABLE + _PACK_IMG_PORTABLE
-    return ("#include <stdlib.h>\n#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n"
-            "#define EMBER_GEMM_AVX2 1\n" + avx + "#else\n" + portable + "#endif\n" + _PACK +
-            "/* out of line: one copy of the six micro-kernels per program keeps compile times short */\n"
-            "static __attribute__((noinline)) void ember_ukr(int mr, int64_t kc, const float *a, int64_t rs, const float *b,\n"
+def _dispatch(mr: int) -> str:
+    return ("static __attribute__((noinline)) void ember_ukr(int mr, int64_t kc, const float *a, int64_t rs, const float *b,\n"
             "    const float *ci, int64_t ldi, float *c, int64_t ldc, int accumulate) {\n  switch (mr) {\n" +
             "".join(f"    case {m}: ember_ukr{m}(kc, a, rs, b, ci, ldi, c, ldc, accumulate); break;\n"
-                    for m in range(1, MR + 1)) + "  }\n}\n")
+                    for m in range(1, mr + 1)) + "  }\n}\n")
+
+
+def prelude() -> str:
+    """C helpers shared by every GEMM kernel of a program (printed once).
+
+    ``EMBER_MR`` is the micro-tile's row count for the instruction set the compiler targets:
+    12 with AVX-512 (zmm accumulators), 6 with AVX2 or the portable loop. The packed layouts
+    are the same for all three (16-column panels), so constants do not depend on it.
+    """
+    avx512 = "".join(_ukr_avx512(m) for m in range(1, MR_AVX512 + 1)) + _dispatch(MR_AVX512)
+    avx = "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _dispatch(MR)
+    portable = "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _dispatch(MR) + _GEMV_PORTABLE + _PACK_IMG_PORTABLE
+    return ("#include <stdlib.h>\n#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n"
+            "#define EMBER_GEMM_AVX2 1\n" + _GEMV_AVX + _PACK_IMG_AVX +
+            f"#if defined(__AVX512F__)\n#define EMBER_MR {MR_AVX512}\n" + avx512 +
+            f"#else\n#define EMBER_MR {MR}\n" + avx + "#endif\n" +
+            f"#else\n#define EMBER_MR {MR}\n" + portable + "#endif\n" + _PACK +
+            "/* ember_ukr is out of line: one copy of the micro-kernels per program keeps compile times short */\n")
 
 
 def supports(k: Matmul) -> bool:
@@ -338,7 +379,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     L.append("  const int64_t nt = (n16 + nc - 1) / nc;")
     # few, wide tasks (a deep conv layer: many output channels, a small image) leave a core
     # idle at the end; split the rows finer, in whole micro-tiles
-    L.append(f"  while (nbatch * mt * nt < {tasks_wanted} && mc > {mc_min}) {{ mc = (mc / 2 + 5) / 6 * 6; mt = (M + mc - 1) / mc; }}")
+    L.append(f"  while (nbatch * mt * nt < {tasks_wanted} && mc > {mc_min} && mc > EMBER_MR) {{ mc = (mc / 2 + EMBER_MR - 1) / EMBER_MR * EMBER_MR; mt = (M + mc - 1) / mc; }}")
     L.append("  const int64_t ntasks = nbatch * mt * nt;")
     L.append(f"  const int big = nbatch * M * N * K > {PARALLEL_MACS};")
 
@@ -400,7 +441,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
         body.append("    }")
         body.append("  }")
         body.append("  float *bbuf = bfull ? NULL : (float *)aligned_alloc(64, sizeof(float) * ((nc * kcb + 15) / 16 * 16));")
-    body.append("  float tile[6 * 16] __attribute__((aligned(64)));")
+    body.append("  float tile[EMBER_MR * 16] __attribute__((aligned(64)));")
     body.append("  #pragma omp for schedule(dynamic, 1)")
     body.append("  for (int64_t t = 0; t < ntasks; t++) {")
     body.append("    const int64_t bi = t / (mt * nt), m0 = ((t / nt) % mt) * mc, n0 = (t % nt) * nc;")
@@ -420,8 +461,8 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     else:
         body.append("        const float *bp = bfull ? bfull + ((bi * npan + j / 16) * K + pc) * 16 : bbuf + (j - n0) * kc;")
     body.append("        const int64_t nr = ember_min64(16, N - j);")
-    body.append("        for (int64_t i = m0; i < m1; i += 6) {")
-    body.append("          const int mr = (int)ember_min64(6, m1 - i);")
+    body.append("        for (int64_t i = m0; i < m1; i += EMBER_MR) {")
+    body.append("          const int mr = (int)ember_min64(EMBER_MR, m1 - i);")
     body.append("          const float *ap = ablk + (i - m0) * rs;")
     if out_f32:
         # partial sums over K blocks live in C; full-width tiles go straight there

@@ -149,10 +149,12 @@ def test_float64_takes_the_unfused_path():
     check_against_reference(g, [[rng.standard_normal((2, 9, 8)) for _ in "qkv"]])
 
 
-def test_portable_fallback(monkeypatch):
-    # the plain-C micro-kernels, as built for a CPU without AVX2/FMA
+@pytest.mark.parametrize("flags", [("-mno-avx2", "-mno-fma"), ("-mno-avx512f",)], ids=["portable", "avx2"])
+def test_other_instruction_sets(monkeypatch, flags):
+    # the plain-C micro-kernels, as built for a CPU without AVX2/FMA, and the AVX2 ones (6 rows
+    # of two ymm) on a machine whose native build takes the AVX-512 ones (12 rows of one zmm)
     from ember.backends.cpu import toolchain
-    monkeypatch.setattr(toolchain, "FLAGS", toolchain.FLAGS + ("-mno-avx2", "-mno-fma"))
+    monkeypatch.setattr(toolchain, "FLAGS", toolchain.FLAGS + flags)
     g = build(16, dv=5, mask_shape=(B, 1, 1, SK), causal=True)
     check(g, [inputs(b, sq, sk, 16, dv=5) + [_pad_mask(b, sk, -np.inf)] for b, sq, sk in SIZES[:8]])
 

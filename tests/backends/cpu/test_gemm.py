@@ -144,3 +144,34 @@ def test_empty_k_gives_the_epilogue_of_zero():
     b = g.add_input("b", TensorType(F32, (sym("k"), 65)))
     g.outputs = [g.op("add", [g.op("matmul", [a, b]), g.add_const(rand((65,)), "c")])]
     check(g, [[rand((7, 0)), rand((0, 65))], [rand((7, 3)), rand((3, 65))]])
+
+
+# the micro-kernel is chosen by the instruction set gcc targets: AVX-512 (12 x 16 tiles) where
+# -march=native has it, else AVX2 (6 x 16), else portable C. The native build is tested above;
+# these build the AVX2 kernel on any machine (on an AVX2-only one it is the native build) and
+# cover the edges of both tile heights.
+ISA_FLAGS = {"avx2": ("-mno-avx512f",), "portable": ("-mno-avx2", "-mno-fma")}
+TILE_EDGES = [(11, 17, 300), (12, 16, 257), (13, 33, 64), (25, 1, 7), (97, 31, 513), (1, 40, 33)]
+
+
+@pytest.mark.parametrize("isa", sorted(ISA_FLAGS))
+@pytest.mark.parametrize("m,n,k", TILE_EDGES)
+def test_each_micro_kernel(monkeypatch, isa, m, n, k):
+    from ember.backends.cpu import toolchain
+    monkeypatch.setattr(toolchain, "FLAGS", toolchain.FLAGS + ISA_FLAGS[isa])
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, (m, k)))
+    b = g.add_input("b", TensorType(F32, (k, n)))
+    w = g.add_const(rand((n, k)), "w")
+    y = g.op("linear", [x, w, g.add_const(rand((n,)), "bias")])
+    g.outputs = [g.op("relu", [y]), g.op("matmul", [x, b])]
+    check(g, [[rand((m, k)), rand((k, n))]])
+
+
+@pytest.mark.parametrize("m,n,k", TILE_EDGES)
+def test_native_tile_edges(m, n, k):
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, (m, k)))
+    b = g.add_input("b", TensorType(F32, (k, n)))
+    g.outputs = [g.op("matmul", [x, g.add_const(rand((k, n)), "w")]), g.op("matmul", [x, b])]
+    check(g, [[rand((m, k)), rand((k, n))]])
