@@ -165,8 +165,13 @@ def test_overflow_risk_falls_back_exactly():
     np.testing.assert_array_equal(c.run_numpy([a])[0], exact(a, b))
 
 
-def test_portable_kernel_matches():
-    # the C micro-kernels without AVX2 read the same packed layouts
+@pytest.mark.parametrize("flags,m", [(("-mno-avx2",), 7), (("-mno-avx512f",), 7), (("-mno-avx512f",), 25),
+                                     ((), 25), ((), 12), ((), 13)], ids=["portable", "avx2", "avx2-25",
+                                                                          "native-25", "native-12", "native-13"])
+def test_other_kernels_match(flags, m):
+    # the C micro-kernels without AVX2, the AVX2 ones on a machine whose native build takes
+    # AVX-512 VNNI, and the native ones at the edges of their 12-row tile, read the same packed
+    # layouts and give the exact results
     K, N = 65, 33
     b = rng.integers(-128, 128, (K, N)).astype(np.int8)
     g = Graph()
@@ -177,9 +182,9 @@ def test_portable_kernel_matches():
     ws = np.full(N, 0.5, np.float32)
     g.outputs = [g.op("matmul_integer", [a, g.add_const(b, "b")]),
                  g.op("quant_linear", [q, s, z, g.add_const(wq, "wq"), g.add_const(ws, "ws")]), q, s, z]
-    native = build_native(g, ("-mno-avx2",))
-    av = rng.integers(0, 256, (7, K)).astype(np.uint8)
-    xv = rng.standard_normal((7, K)).astype(np.float32)
+    native = build_native(g, flags)
+    av = rng.integers(0, 256, (m, K)).astype(np.uint8)
+    xv = rng.standard_normal((m, K)).astype(np.float32)
     mm, y, qv, sv, zv = native.run([av, xv])
     np.testing.assert_array_equal(mm, exact(av, b))
     np.testing.assert_allclose(y, quant_linear_ref(qv, sv, zv, wq, ws, None), rtol=1e-5, atol=1e-5)
