@@ -11,7 +11,7 @@ reassociation leaves alone) and scaling by 2^n adds to the exponent bits instead
 multiplying by two powers of two that reassociation could merge into an overflow.
 
 * exp: n = round(x / ln 2), r = x - n ln 2 (two-part ln 2), e^r by Cephes' degree-5
-  polynomial, 2^n added to the exponent; results below FLT_MIN are scaled through 2^100.
+  polynomial, 2^n added to the exponent; results below FLT_MIN are built as integers.
 * tanh: odd polynomial (Cephes) for |x| < 0.625, else 1 - 2 / (e^{2|x|} + 1).
 * erf: x + x * P(x^2) (degree 6, fitted) for |x| < 1, else 1 - Q(|x| - 2.46875) (degree 15
   fit of erfc on [1, 3.9375]); 1 beyond, where float32 erf rounds to 1.
@@ -42,8 +42,16 @@ static inline float ember_expf(float x) {
   const int32_t ni = (int32_t)n;
   const uint32_t pb = ember_f2u(p);
   const float big = ember_u2f(pb + ((uint32_t)ni << 23));
-  const float small = ember_u2f(pb + ((uint32_t)(ni + 100) << 23)) * 7.8886090522101181e-31f;
-  float y = x < -87.0f ? small : big;
+  /* below FLT_MIN the result's bits are built with integer ops, rounded to nearest: a float
+     operation that underflows to a subnormal costs Intel cores a microcode assist (~100x an
+     FMA) unless FTZ is set, and a shared library cannot set it for OpenMP's threads. A
+     softmax over padding-masked keys hits this on most of its lanes. */
+  const int32_t e = (int32_t)(pb >> 23) + ni;          /* the result's biased exponent */
+  int32_t sh = 1 - e;
+  sh = sh < 1 ? 1 : sh > 31 ? 31 : sh;
+  const uint32_t m = (pb & 0x7fffffu) | 0x800000u;
+  const float small = ember_u2f((m + (1u << (sh - 1))) >> sh);
+  float y = e < 1 ? small : big;
   return x > 88.72283935546875f ? INFINITY : y;
 }
 static inline float ember_tanhf(float x) {
