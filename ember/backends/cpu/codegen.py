@@ -280,6 +280,20 @@ def _store(buf_param: str, dt, index: str, value: str) -> str:
     return f"{buf_param}[{index}] = {store_value(value, dt)};"
 
 
+def epilogue_store(params, ind: str, epilogue, out_param: str, dt, index: str, value: str,
+                   bind: str) -> list[str]:
+    """C lines that store one element of a Template kernel's output: ``value`` as is, or
+    through ``epilogue`` (an Expr of var("acc") and the output vars, which ``bind`` declares
+    in C, e.g. "const int64_t i0 = i, i1 = j; const float acc = t[i];")."""
+    if epilogue is None:
+        return [ind + _store(out_param, dt, index, value)]
+    lines = [ind + bind]
+    pr = ExprPrinter(params, lines, ind)
+    pr.count_uses(epilogue)
+    val = pr(epilogue)
+    return lines + [ind + _store(out_param, dt, index, val)]
+
+
 class KernelPrinter:
     def __init__(self, symbols):
         self.symbols = symbols

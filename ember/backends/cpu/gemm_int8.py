@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from ...ir import dtypes
 from ...lower.qgemm import GROUP, QGemm
-from .codegen import ExprPrinter, _store, c_dim, template
+from .codegen import c_dim, epilogue_store, template
 
 MR = 4               # rows per micro-tile: 8 accumulators + operands fit the 16 ymm registers
 MC = 96              # rows per task: an A block of 96 x KC stays in L2
@@ -199,17 +199,7 @@ def print_qgemm(k: QGemm, params, printer) -> str:
          "      const int64_t j0 = jp * 16, nr = ember_min64(16, N - j0);",
          "      for (int64_t i = m0; i < m1; i++)",
          "        for (int64_t c = 0; c < nr; c++) {"]
-    ind = "          "
-    index = "i * N + j0 + c"
-    if k.epilogue is None:
-        L.append(ind + _store(C, k.out.dtype, index, "tile[(i - m0) * 16 + c]"))
-    else:
-        L.append(f"{ind}const int64_t i0 = i, i1 = j0 + c; const int32_t acc = tile[(i - m0) * 16 + c];")
-        lines: list = []
-        pr = ExprPrinter(params, lines, ind)
-        pr.count_uses(k.epilogue)
-        val = pr(k.epilogue)
-        L += lines
-        L.append(ind + _store(C, k.out.dtype, index, val))
+    L += epilogue_store(params, "          ", k.epilogue, C, k.out.dtype, "i * N + j0 + c", "tile[(i - m0) * 16 + c]",
+                        "const int64_t i0 = i, i1 = j0 + c; const int32_t acc = tile[(i - m0) * 16 + c];")
     L += ["        }", "    }", "  }"]
     return "\n".join(L) + "\n"

@@ -17,7 +17,7 @@ The GEMM between them is the generic batched ``Matmul`` (backends/cpu/gemm.py).
 from __future__ import annotations
 
 from ...lower.winograd import WinogradInput, WinogradOutput
-from .codegen import ExprPrinter, _store, c_dim, template
+from .codegen import c_dim, epilogue_store, template
 from .gemm import PARALLEL_MACS
 
 # both kinds register it (a program has the pair); the guard prints it once
@@ -153,18 +153,8 @@ def print_output(k: WinogradOutput, params, printer) -> str:
          "        for (int a = 0; a < 4 && 4 * th + a < Ho; a++) {",
          "          const int64_t h = 4 * th + a;",
          "          for (int64_t c = 0; c < nw; c++) {"]
-    ind = "            "
-    index = "((n * O + o) * Ho + h) * Wo + w0 + c"
-    if k.epilogue is None:
-        L.append(ind + _store(Y, k.out.dtype, index, "y[a][c]"))
-    else:
-        L.append(f"{ind}const int64_t i0 = n, i1 = o, i2 = h, i3 = w0 + c; const float acc = y[a][c];")
-        L.append(f"{ind}(void)i0; (void)i1; (void)i2; (void)i3;")
-        lines: list = []
-        pr = ExprPrinter(params, lines, ind)
-        pr.count_uses(k.epilogue)
-        val = pr(k.epilogue)
-        L += lines
-        L.append(ind + _store(Y, k.out.dtype, index, val))
+    L += epilogue_store(params, "            ", k.epilogue, Y, k.out.dtype, "((n * O + o) * Ho + h) * Wo + w0 + c",
+                        "y[a][c]", "const int64_t i0 = n, i1 = o, i2 = h, i3 = w0 + c; const float acc = y[a][c]; "
+                        "(void)i0; (void)i1; (void)i2; (void)i3;")
     L += ["          }", "        }", "      }", "  }"]
     return "\n".join(L) + "\n"
