@@ -97,7 +97,7 @@ def _ukr_avx(mr: int, v: str) -> str:
 
 MR_VNNI = 12         # rows with AVX-512 VNNI: 12 zmm accumulators of 16 int32 columns
 
-# the AVX-512 VNNI form of one k group: (A type, how a 64-byte group of the panel is loaded)
+# the AVX-512 VNNI load of one k group of a panel (16 columns; int8 k-pairs widen to int16)
 _LOADB_VNNI = {"u7": "_mm512_loadu_si512((const void *)({p}))",
                "b8": "_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)({p})))",
                "b16": "_mm512_loadu_si512((const void *)({p}))"}
