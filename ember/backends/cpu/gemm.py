@@ -2,11 +2,12 @@
 
 ``out[b, i, j] = epilogue(sum_k A[b, i, k] * B[b, k, j])`` for float32 A and B.
 
-* Micro-kernel: an MR x 16 tile of C; each k step broadcasts MR elements of A (rows of A,
-  unit stride along k) and loads 16 packed elements of B. By the instruction set the
-  compiler targets (-march=native): AVX-512, MR = 12 rows of one zmm each; AVX2/FMA, MR = 6
-  rows of two ymm each; else a portable C loop with MR = 6. All read the same packed layout,
-  so the constants (and saved artifacts) do not depend on it; ``EMBER_MR`` in the C.
+* Micro-kernel: an MR x NR tile of C; each k step broadcasts MR elements of A (rows of A,
+  unit stride along k) and loads NR packed elements of B. By the instruction set the
+  compiler targets (-march=native): AVX-512, 12 x 32 (two 16-column panels side by side, 24
+  zmm accumulators; a lone last panel takes a 12 x 16 kernel); AVX2/FMA, 6 x 16 (two ymm per
+  row); else a portable C loop, 6 x 16. All read the same packed layout, so the constants
+  (and saved artifacts) do not depend on it; ``EMBER_MR`` and ``EMBER_NR`` in the C.
 * B layout: panels of 16 columns, ``Bp[(j / 16) * K + k][j % 16]``, zero-padded past N. A
   constant B (a weight) is packed once at compile time (``ember.lower.packing``); an
   activation B (attention's Q@K^T, P@V) is packed per task on the fly.
@@ -73,23 +74,32 @@ def _ukr_avx(mr: int) -> str:
 """
 
 
-def _ukr_avx512(mr: int) -> str:
-    """MR x 16 with one zmm accumulator per row: each k step is one load of the panel row and
-    MR FMAs whose A operand is a broadcast straight from memory; 32 registers hold MR = 12
-    accumulators, enough to cover the FMA latency on two ports. Same operands as the AVX2
-    kernel: rows of A read in place, ``rs`` apart."""
-    acc = ", ".join(f"c{r} = _mm512_setzero_ps()" for r in range(mr))
+def _ukr_avx512(mr: int, panels: int) -> str:
+    """MR x (16 * panels) with one zmm accumulator per row and panel: each k step loads one
+    row of each panel and issues MR * panels FMAs whose A operand is one broadcast from
+    memory. Two panels (MR = 12: 24 accumulators of 32 registers) make the kernel FMA-bound:
+    one panel needs 13 loads per 12 FMAs and is load-bound at about 70 % of peak. Same
+    operands as the AVX2 kernel: rows of A read in place, ``rs`` apart; the second panel's
+    rows are at ``b2``."""
+    cols = range(panels)
+    acc = ", ".join(f"c{r}_{p} = _mm512_setzero_ps()" for r in range(mr) for p in cols)
     rows = " ".join(f"const float *restrict a{r} = a + {r} * rs;" for r in range(mr))
-    body = "\n".join(f"    c{r} = _mm512_fmadd_ps(_mm512_set1_ps(a{r}[k]), b0, c{r});" for r in range(mr))
-    add = "\n".join(f"    c{r} = _mm512_add_ps(c{r}, _mm512_loadu_ps(ci + {r} * ldi));" for r in range(mr))
-    store = "\n".join(f"  _mm512_storeu_ps(c + {r} * ldc, c{r});" for r in range(mr))
-    return f"""static inline void ember_ukr{mr}(int64_t kc, const float *restrict a, int64_t rs,
-    const float *restrict b, const float *ci, int64_t ldi, float *c, int64_t ldc, int accumulate) {{
+    loads = ", ".join(f"b{p} = _mm512_loadu_ps(b{'2' if p else ''} + 16 * k)" for p in cols)
+    body = "\n".join(f"    {{ const __m512 av = _mm512_set1_ps(a{r}[k]); " +
+                     " ".join(f"c{r}_{p} = _mm512_fmadd_ps(av, b{p}, c{r}_{p});" for p in cols) + " }"
+                     for r in range(mr))
+    add = "\n".join(f"    c{r}_{p} = _mm512_add_ps(c{r}_{p}, _mm512_loadu_ps(ci + {r} * ldi + {16 * p}));"
+                    for r in range(mr) for p in cols)
+    store = "\n".join(f"  _mm512_storeu_ps(c + {r} * ldc + {16 * p}, c{r}_{p});" for r in range(mr) for p in cols)
+    name = f"ember_ukr{mr}" + ("w" if panels == 2 else "")
+    b2 = ", const float *restrict b2" if panels == 2 else ""
+    return f"""static inline void {name}(int64_t kc, const float *restrict a, int64_t rs,
+    const float *restrict b{b2}, const float *ci, int64_t ldi, float *c, int64_t ldc, int accumulate) {{
   __m512 {acc};
   {rows}
-  #pragma GCC unroll 4
+  #pragma GCC unroll {4 // panels}
   for (int64_t k = 0; k < kc; k++) {{
-    const __m512 b0 = _mm512_loadu_ps(b + 16 * k);
+    const __m512 {loads};
 {body}
   }}
   if (accumulate) {{
@@ -308,11 +318,19 @@ static inline void ember_pack_a(int64_t mc, int64_t kc, const float *restrict a,
 """
 
 
-def _dispatch(mr: int) -> str:
-    return ("static __attribute__((noinline)) void ember_ukr(int mr, int64_t kc, const float *a, int64_t rs, const float *b,\n"
-            "    const float *ci, int64_t ldi, float *c, int64_t ldc, int accumulate) {\n  switch (mr) {\n" +
-            "".join(f"    case {m}: ember_ukr{m}(kc, a, rs, b, ci, ldi, c, ldc, accumulate); break;\n"
-                    for m in range(1, mr + 1)) + "  }\n}\n")
+def _dispatch(mr: int, wide: bool) -> str:
+    """``ember_ukr(mr, np, ...)``: an mr-row tile of np panels (np = 2 only where EMBER_NR is
+    32, the AVX-512 kernels; elsewhere a second panel would be a second call)."""
+    def call(m):
+        one = f"ember_ukr{m}(kc, a, rs, b, ci, ldi, c, ldc, accumulate)"
+        if not wide:
+            return f"    case {m}: {one}; break;\n"
+        return (f"    case {m}: if (np == 2) ember_ukr{m}w(kc, a, rs, b, b2, ci, ldi, c, ldc, accumulate); "
+                f"else {one}; break;\n")
+    return ("static __attribute__((noinline)) void ember_ukr(int mr, int np, int64_t kc, const float *a, int64_t rs,\n"
+            "    const float *b, const float *b2, const float *ci, int64_t ldi, float *c, int64_t ldc, int accumulate) {\n"
+            + ("" if wide else "  (void)np; (void)b2;\n") +
+            "  switch (mr) {\n" + "".join(call(m) for m in range(1, mr + 1)) + "  }\n}\n")
 
 
 def prelude() -> str:
@@ -322,14 +340,14 @@ def prelude() -> str:
     12 with AVX-512 (zmm accumulators), 6 with AVX2 or the portable loop. The packed layouts
     are the same for all three (16-column panels), so constants do not depend on it.
     """
-    avx512 = "".join(_ukr_avx512(m) for m in range(1, MR_AVX512 + 1)) + _dispatch(MR_AVX512)
-    avx = "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _dispatch(MR)
-    portable = "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _dispatch(MR) + _GEMV_PORTABLE + _PACK_IMG_PORTABLE
+    avx512 = "".join(_ukr_avx512(m, p) for m in range(1, MR_AVX512 + 1) for p in (1, 2)) + _dispatch(MR_AVX512, True)
+    avx = "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _dispatch(MR, False)
+    portable = "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _dispatch(MR, False) + _GEMV_PORTABLE + _PACK_IMG_PORTABLE
     return ("#include <stdlib.h>\n#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n"
             "#define EMBER_GEMM_AVX2 1\n" + _GEMV_AVX + _PACK_IMG_AVX +
-            f"#if defined(__AVX512F__)\n#define EMBER_MR {MR_AVX512}\n" + avx512 +
-            f"#else\n#define EMBER_MR {MR}\n" + avx + "#endif\n" +
-            f"#else\n#define EMBER_MR {MR}\n" + portable + "#endif\n" + _PACK +
+            f"#if defined(__AVX512F__)\n#define EMBER_MR {MR_AVX512}\n#define EMBER_NR 32\n" + avx512 +
+            f"#else\n#define EMBER_MR {MR}\n#define EMBER_NR 16\n" + avx + "#endif\n" +
+            f"#else\n#define EMBER_MR {MR}\n#define EMBER_NR 16\n" + portable + "#endif\n" + _PACK +
             "/* ember_ukr is out of line: one copy of the micro-kernels per program keeps compile times short */\n")
 
 
@@ -375,7 +393,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     L.append(f"  int64_t mc = M < {mc} ? M : {mc}, mt = (M + mc - 1) / mc;")
     L.append("  const int64_t n16 = (N + 15) / 16 * 16, npan = n16 / 16;")
     L.append("  int64_t nc = n16;")
-    L.append(f"  while (nbatch * mt * ((n16 + nc - 1) / nc) < {tasks_wanted} && nc > 64) nc = (nc / 2 + 15) / 16 * 16;")
+    L.append(f"  while (nbatch * mt * ((n16 + nc - 1) / nc) < {tasks_wanted} && nc > 64) nc = (nc / 2 + EMBER_NR - 1) / EMBER_NR * EMBER_NR;")
     L.append("  const int64_t nt = (n16 + nc - 1) / nc;")
     # few, wide tasks (a deep conv layer: many output channels, a small image) leave a core
     # idle at the end; split the rows finer, in whole micro-tiles
@@ -441,7 +459,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
         body.append("    }")
         body.append("  }")
         body.append("  float *bbuf = bfull ? NULL : (float *)aligned_alloc(64, sizeof(float) * ((nc * kcb + 15) / 16 * 16));")
-    body.append("  float tile[EMBER_MR * 16] __attribute__((aligned(64)));")
+    body.append("  float tile[EMBER_MR * EMBER_NR] __attribute__((aligned(64)));")
     body.append("  #pragma omp for schedule(dynamic, 1)")
     body.append("  for (int64_t t = 0; t < ntasks; t++) {")
     body.append("    const int64_t bi = t / (mt * nt), m0 = ((t / nt) % mt) * mc, n0 = (t % nt) * nc;")
@@ -455,12 +473,16 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     body.append(f"      const float *ablk = {A} + oa + m0 * sam + pc * sak;")
     body.append("      int64_t rs = sam;")
     body.append("      if (abuf) { ember_pack_a(m1 - m0, kc, ablk, sam, sak, abuf); ablk = abuf; rs = kc; }")
-    body.append("      for (int64_t j = n0; j < n1; j += 16) {")
+    # column tiles of EMBER_NR (one or two 16-wide panels; the second panel's rows follow the
+    # first's whole K extent, or the task's K block when packed per task)
+    body.append("      for (int64_t j = n0; j < n1; j += EMBER_NR) {")
     if packed:
-        body.append(f"        const float *bp = {B} + (j / 16 * K + pc) * 16;")
+        body.append(f"        const float *bp = {B} + (j / 16 * K + pc) * 16, *bp2 = bp + K * 16;")
     else:
         body.append("        const float *bp = bfull ? bfull + ((bi * npan + j / 16) * K + pc) * 16 : bbuf + (j - n0) * kc;")
-    body.append("        const int64_t nr = ember_min64(16, N - j);")
+        body.append("        const float *bp2 = bp + (bfull ? K : kc) * 16;")
+    body.append("        const int np = n1 - j > 16 ? EMBER_NR / 16 : 1;")
+    body.append("        const int64_t nr = ember_min64(16 * np, N - j);")
     body.append("        for (int64_t i = m0; i < m1; i += EMBER_MR) {")
     body.append("          const int mr = (int)ember_min64(EMBER_MR, m1 - i);")
     body.append("          const float *ap = ablk + (i - m0) * rs;")
@@ -472,27 +494,27 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
         # the last K block lands in the tile buffer and the epilogue stores it to C
         body.append("          if (last) {")
         if out_f32:
-            body.append("            if (nr == 16) ember_ukr(mr, kc, ap, rs, bp, cp, N, tile, 16, pc > 0);")
+            body.append("            if (nr == 16 * np) ember_ukr(mr, np, kc, ap, rs, bp, bp2, cp, N, tile, EMBER_NR, pc > 0);")
             body.append("            else {")
-            body.append("              ember_ukr(mr, kc, ap, rs, bp, tile, 16, tile, 16, 0);")
+            body.append("              ember_ukr(mr, np, kc, ap, rs, bp, bp2, tile, EMBER_NR, tile, EMBER_NR, 0);")
             body.append("              if (pc > 0) for (int r = 0; r < mr; r++) for (int64_t c = 0; c < nr; c++) "
-                        "tile[r * 16 + c] += cp[r * N + c];")
+                        "tile[r * EMBER_NR + c] += cp[r * N + c];")
             body.append("            }")
         else:
-            body.append("            ember_ukr(mr, kc, ap, rs, bp, tile, 16, tile, 16, 0);")
+            body.append("            ember_ukr(mr, np, kc, ap, rs, bp, bp2, tile, EMBER_NR, tile, EMBER_NR, 0);")
         body.append("            for (int r = 0; r < mr; r++)")
         body.append("              for (int64_t c = 0; c < nr; c++) {")
-        body += epilogue_lines("                ", "tile[r * 16 + c]", "(i + r)", "(j + c)",
+        body += epilogue_lines("                ", "tile[r * EMBER_NR + c]", "(i + r)", "(j + c)",
                                "(bi * M + i + r) * N + j + c")
         body.append("              }")
         body.append("            continue;")
         body.append("          }")
     if out_f32:
-        body.append("          if (nr == 16) ember_ukr(mr, kc, ap, rs, bp, cp, N, cp, N, pc > 0);")
+        body.append("          if (nr == 16 * np) ember_ukr(mr, np, kc, ap, rs, bp, bp2, cp, N, cp, N, pc > 0);")
         body.append("          else {")
-        body.append("            ember_ukr(mr, kc, ap, rs, bp, tile, 16, tile, 16, 0);")
+        body.append("            ember_ukr(mr, np, kc, ap, rs, bp, bp2, tile, EMBER_NR, tile, EMBER_NR, 0);")
         body.append("            for (int r = 0; r < mr; r++) for (int64_t c = 0; c < nr; c++) "
-                    "cp[r * N + c] = (pc > 0 ? cp[r * N + c] : 0.0f) + tile[r * 16 + c];")
+                    "cp[r * N + c] = (pc > 0 ? cp[r * N + c] : 0.0f) + tile[r * EMBER_NR + c];")
         body.append("          }")
     body.append("        }")
     body.append("      }")
