@@ -161,6 +161,12 @@ def binary(op: str, a, b) -> Expr:
                 if p.op == "mul" and q.op == "mod" and p.args[0].op == "floordiv" and \
                         p.args[0].args == q.args and p.args[1] is q.args[1]:
                     return q.args[0]
+                # (x // n) * (n * s) + (x % n) * s -> x * s: the same round trip, scaled by a
+                # row stride (a [B*S, N] GEMM output read back as [B, S, N])
+                if p.op == "mul" and q.op == "mul" and p.args[0].op == "floordiv" and q.args[0].op == "mod" and \
+                        p.args[0].args == q.args[0].args and _is_const(p.args[1]) and _is_const(q.args[1]) and \
+                        _is_const(q.args[0].args[1]) and p.args[1].arg == q.args[0].args[1].arg * q.args[1].arg:
+                    return binary("mul", q.args[0].args[0], q.args[1])
     dt = dtypes.bool_ if op in COMPARE else a.dtype
     return Expr(op, (a, b), dt)
 

@@ -127,7 +127,7 @@ def fuse_epilogues(prog: Program, log: list | None = None) -> Program:
                 continue
             remap = None
             if tuple(p.shape) != _out_shape(k):
-                remap = _split_columns(k, p)   # a conv's GEMM: [n, O, Ho*Wo] read as [n, O, Ho, Wo]
+                remap = _split_dims(k, p)
                 if remap is None:
                     continue
             flat = View(t, p.shape).flat_index(out_vars(len(p.shape)))
@@ -159,27 +159,42 @@ def fuse_epilogues(prog: Program, log: list | None = None) -> Program:
     return prog
 
 
-def _split_columns(k, p: Loop) -> dict | None:
-    """When ``p`` reads a Matmul's output with its last (column) dim split into several
-    trailing dims, the consumer's loop vars as expressions of the Matmul's; else None."""
+def _split_dims(k, p: Loop) -> dict | None:
+    """When ``p`` reads a Matmul's output with each of its dims split into one or more
+    consecutive dims of ``p`` (a conv's [n, O, Ho*Wo] read as [n, O, Ho, Wo]; a [B*S, N]
+    linear read as [B, S, N]), the consumer's loop vars as expressions of the Matmul's; else
+    None. Split dims must be static; an unsplit dim may be symbolic."""
     if not isinstance(k, Matmul):
         return None
     out, shape = _out_shape(k), tuple(p.shape)
-    r = len(out)
-    tail = shape[r - 1:]
-    if len(shape) <= r or shape[:r - 1] != out[:r - 1] or not all(isinstance(d, int) for d in tail):
+    if len(shape) <= len(out):
         return None
-    total = 1
-    for d in tail:
-        total *= d
-    if total != out[-1]:
-        return None
-    col, m, stride = L.var(f"i{r - 1}"), {}, total
-    for j, d in enumerate(tail):
-        stride //= d
-        e = col if stride == 1 else L.binary("floordiv", col, L.idx(stride))
-        m[f"i{r - 1 + j}"] = e if j == 0 else L.binary("mod", e, L.idx(d))
-    return m
+    m, c = {}, 0
+    for d, size in enumerate(out):
+        group = []
+        if c < len(shape) and (shape[c] is size or shape[c] == size):
+            group = [size]
+            c += 1
+        elif isinstance(size, int):
+            total = 1
+            while c < len(shape) and isinstance(shape[c], int) and total < size:
+                total *= shape[c]
+                group.append(shape[c])
+                c += 1
+            if total != size:
+                return None
+        else:
+            return None
+        v, first = L.var(f"i{d}"), c - len(group)
+        if len(group) == 1:
+            m[f"i{first}"] = v
+            continue
+        stride = 1
+        for j in reversed(range(len(group))):   # consumer var = (v // stride) % size, innermost first
+            e = v if stride == 1 else L.binary("floordiv", v, L.idx(stride))
+            m[f"i{first + j}"] = e if j == 0 else L.binary("mod", e, L.idx(group[j]))
+            stride *= group[j]
+    return m if c == len(shape) else None
 
 
 def _subst_vars(e: Expr, m: dict, memo: dict) -> Expr:

@@ -108,3 +108,32 @@ def test_row_fusion_keeps_results_other_kernels_need():
     cm = check_against_reference(g, [[rng.standard_normal((n, 5)).astype(np.float32)] for n in (1, 3, 127)],
                                  opt_level=2)
     assert cm.kernels == 2
+
+
+def test_gelu_after_a_3d_linear_fuses():
+    # a [B, S, K] linear is a [B*S, K] GEMM whose output the GELU reads back as [B, S, N]: the
+    # index (i // S) * (S * N) + (i % S) * N must simplify to i * N for the epilogue to match
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, (3, 5, 16)))
+    w = g.add_const(rng.standard_normal((24, 16)).astype(np.float32), "w")
+    b = g.add_const(rng.standard_normal(24).astype(np.float32), "b")
+    h = g.op("linear", [x, w, b])
+    half = g.op("mul", [h, g.add_const(np.float32(0.5), "half")])
+    erf = g.op("erf", [g.op("mul", [h, g.add_const(np.float32(0.5 ** 0.5), "r2")])])
+    g.outputs = [g.op("mul", [half, g.op("add", [erf, g.add_const(np.float32(1.0), "one")])])]
+    prog = fuse_epilogues(lower(g.clone()))
+    assert len(prog.kernels) == 1, [k.name for k in prog.kernels]
+    xs = rng.standard_normal((3, 5, 16)).astype(np.float32)
+    np.testing.assert_allclose(ember.compile(g)(xs), interpret(g, [xs])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_scaled_unravel_ravel_round_trip_simplifies():
+    from ember.lower import loop_ir as L
+    i = L.var("i0")
+    for n, s in ((128, 1536), (5, 24), (3, 1)):
+        e = L.add(L.mul(L.binary("floordiv", i, n), n * s), L.mul(L.binary("mod", i, n), s))
+        assert e is L.mul(i, s) or (s == 1 and e is i), e
+        e = L.add(L.mul(L.binary("mod", i, n), s), L.mul(L.binary("floordiv", i, n), n * s))
+        assert e is L.mul(i, s) or (s == 1 and e is i), e
+    # not a round trip: the outer stride is not n * s
+    assert L.add(L.mul(L.binary("floordiv", i, 4), 12), L.mul(L.binary("mod", i, 4), 2)).op == "add"
