@@ -27,7 +27,8 @@ dynamically. Inside a task the keys are walked in blocks of KB, with an online s
   a time), the output as an axpy along Dv, the same online softmax with scalars.
 
 The micro-kernels use AVX2/FMA intrinsics when the compiler targets them and a plain C
-loop otherwise; exp is ``ember_expf`` (fastmath.py), which gcc inlines and vectorizes.
+loop otherwise; exp is ``ember_expf_softmax`` (fastmath.py: 0 below e^-87, no subnormal
+path), which gcc inlines and vectorizes.
 """
 from __future__ import annotations
 
@@ -184,10 +185,10 @@ static void ember_att_row(const ember_att_args *A, int64_t i, float *restrict ws
       for (j = 0; j < nk; j++) s[j] += A->mask[i * A->ms + (k0 + j) * A->mk];
     float mx = m;
     for (j = 0; j < nk; j++) mx = s[j] > mx ? s[j] : mx;
-    const float shift = mx == -INFINITY ? 0.0f : mx, alpha = ember_expf(m - shift);
+    const float shift = mx == -INFINITY ? 0.0f : mx, alpha = ember_expf_softmax(m - shift);
     m = mx;
     float sum = 0.0f;
-    for (j = 0; j < nk; j++) { s[j] = ember_expf(s[j] - shift); sum += s[j]; }
+    for (j = 0; j < nk; j++) { s[j] = ember_expf_softmax(s[j] - shift); sum += s[j]; }
     l = l * alpha + sum;
     for (int64_t c = 0; c < Dv; c++) acc[c] *= alpha;
     const float *vb = A->v + k0 * vs;
@@ -238,12 +239,12 @@ static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, floa
       for (int i = 0; i < 16; i++) mx[i] = s[16 * j + i] > mx[i] ? s[16 * j + i] : mx[i];
     for (int i = 0; i < 16; i++) {
       shift[i] = mx[i] == -INFINITY ? 0.0f : mx[i];
-      alpha[i] = ember_expf(m[i] - shift[i]);
+      alpha[i] = ember_expf_softmax(m[i] - shift[i]);
       m[i] = mx[i];
     }
     float sum[16] = {0};
     for (int64_t j = 0; j < nk; j++)
-      for (int i = 0; i < 16; i++) { const float e = ember_expf(s[16 * j + i] - shift[i]); s[16 * j + i] = e; sum[i] += e; }
+      for (int i = 0; i < 16; i++) { const float e = ember_expf_softmax(s[16 * j + i] - shift[i]); s[16 * j + i] = e; sum[i] += e; }
     for (int i = 0; i < 16; i++) l[i] = l[i] * alpha[i] + sum[i];
     /* acc[c][i] = acc[c][i] * alpha[i] + sum_j v[j][c] * p[j][i] */
     ember_att_mm(Dv, nk, A->v + k0 * A->vs, A->vd, A->vs, s, acc, alpha);

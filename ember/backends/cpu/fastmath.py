@@ -12,6 +12,8 @@ multiplying by two powers of two that reassociation could merge into an overflow
 
 * exp: n = round(x / ln 2), r = x - n ln 2 (two-part ln 2), e^r by Cephes' degree-5
   polynomial, 2^n added to the exponent; results below FLT_MIN are built as integers.
+* exp for softmax (``ember_expf_softmax``): the same for -87 <= x < 88 and 0 below -87
+  (cheaper: no subnormal path; a softmax sum holds e^0 = 1).
 * tanh: odd polynomial (Cephes) for |x| < 0.625, else 1 - 2 / (e^{2|x|} + 1).
 * erf: x + x * P(x^2) (degree 6, fitted) for |x| < 1, else 1 - Q(|x| - 2.46875) (degree 15
   fit of erfc on [1, 3.9375]); 1 beyond, where float32 erf rounds to 1.
@@ -53,6 +55,26 @@ static inline float ember_expf(float x) {
   const float small = ember_u2f((m + (1u << (sh - 1))) >> sh);
   float y = e < 1 ? small : big;
   return x > 88.72283935546875f ? INFINITY : y;
+}
+/* e^x for a softmax's x = score - row max <= 0 (valid for any x < 88): 0 for x < -87 (e^-87
+   is 1.6e-38, next to FLT_MIN), which cannot change a sum that holds e^0 = 1. Clamping x to
+   -87 keeps every float operation normal: no integer subnormal path, no assist. */
+static inline float ember_expf_softmax(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;   /* NaN passes, and stays NaN */
+  float n = floorf(EMBER_FMA(xc, 1.44269504088896341f, 0.5f));
+  n = n == n ? n : 0.0f;
+  float r = EMBER_FMA(n, -0.693359375f, xc);
+  r = EMBER_FMA(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = EMBER_FMA(p, r, 1.3981999507e-3f);
+  p = EMBER_FMA(p, r, 8.3334519073e-3f);
+  p = EMBER_FMA(p, r, 4.1665795894e-2f);
+  p = EMBER_FMA(p, r, 1.6666665459e-1f);
+  p = EMBER_FMA(p, r, 5.0000001201e-1f);
+  p = EMBER_FMA(p, r * r, r) + 1.0f;
+  /* zero below -87 by masking the bits: a select here is compiled to a branch in some loops */
+  const uint32_t keep = -(uint32_t)!(x < -87.0f);
+  return ember_u2f((ember_f2u(p) + ((uint32_t)(int32_t)n << 23)) & keep);
 }
 static inline float ember_tanhf(float x) {
   const float ax = fabsf(x), z = x * x;

@@ -14,19 +14,20 @@ from ember.backends.cpu.fastmath import C_SOURCE
 from ember.backends.cpu.toolchain import build
 
 FUNCS = ("ember_expf", "ember_tanhf", "ember_erff", "ember_sigmoidf")
+SOFTMAX_EXP = "ember_expf_softmax"   # softmax's exp: x < 88 only, and 0 for x < -87
 _erf = np.frompyfunc(math.erf, 1, 1)
 REF = {"ember_expf": np.exp, "ember_tanhf": np.tanh,
        "ember_erff": lambda x: _erf(x).astype(np.float64),
-       "ember_sigmoidf": lambda x: 1.0 / (1.0 + np.exp(-x))}
-MAX_ULP = {"ember_expf": 2.0, "ember_tanhf": 2.0, "ember_erff": 2.0, "ember_sigmoidf": 2.5}
+       "ember_sigmoidf": lambda x: 1.0 / (1.0 + np.exp(-x)), SOFTMAX_EXP: lambda x: np.where(x < -87, 0.0, np.exp(x))}
+MAX_ULP = {SOFTMAX_EXP: 2.0, "ember_expf": 2.0, "ember_tanhf": 2.0, "ember_erff": 2.0, "ember_sigmoidf": 2.5}
 RANGE = {"ember_expf": (-110, 95), "ember_tanhf": (-20, 20), "ember_erff": (-6, 6),
-         "ember_sigmoidf": (-110, 110)}
+         "ember_sigmoidf": (-110, 110), SOFTMAX_EXP: (-110, 88)}
 
 
 @pytest.fixture(scope="module")
 def lib():
     loops = "".join(f"void run_{f}(const float *restrict x, float *restrict y, int64_t n) "
-                    f"{{ for (int64_t i = 0; i < n; i++) y[i] = {f}(x[i]); }}\n" for f in FUNCS)
+                    f"{{ for (int64_t i = 0; i < n; i++) y[i] = {f}(x[i]); }}\n" for f in FUNCS + (SOFTMAX_EXP,))
     src = "#include <stdint.h>\n#include <math.h>\n#include <string.h>\n" + C_SOURCE + loops
     return ctypes.CDLL(str(build(src)))
 
@@ -56,7 +57,7 @@ def _ulp_error(got, want):
     return err
 
 
-@pytest.mark.parametrize("fn", FUNCS)
+@pytest.mark.parametrize("fn", FUNCS + (SOFTMAX_EXP,))
 def test_ulp_error_over_wide_range(lib, fn):
     lo, hi = RANGE[fn]
     rng = np.random.default_rng(0)
@@ -79,6 +80,15 @@ def test_extremes(lib, fn):
     assert np.isnan(got[2]) and not np.isnan(got[[0, 1] + list(range(3, len(x)))]).any()
     ok = np.isnan(want) | (ulp_error(got, want) <= MAX_ULP[fn])
     assert ok.all(), f"{fn} at {x[~ok]}: got {got[~ok]}, want {want[~ok]}"
+
+
+def test_softmax_exp_flushes_to_zero_and_keeps_nan(lib):
+    x = np.array([0.0, -1e-20, -87.0, -87.01, -87.4, -103.0, -1e4, -np.finfo(np.float32).max, -np.inf,
+                  np.nan, 87.9], np.float32)
+    got = run(lib, SOFTMAX_EXP, x)
+    np.testing.assert_array_equal(got[3:9], 0.0)
+    assert np.isnan(got[9]) and got[0] == 1.0 and got[1] == 1.0
+    assert (ulp_error(got[[2, 10]], np.exp(x[[2, 10]].astype(np.float64))) <= 2).all()
 
 
 def test_generated_code_uses_them():
