@@ -11,9 +11,10 @@
 * B layout: panels of 16 columns, ``Bp[(j / 16) * K + k][j % 16]``, zero-padded past N. A
   constant B (a weight) is packed once at compile time (``ember.lower.packing``); an
   activation B (attention's Q@K^T, P@V) is packed per task on the fly.
-* Blocking: K in blocks of at most KC (the B micro-panel, KC x 16, stays in L1 while MC
-  rows of A in L2 stream past it); tasks of (batch, MC rows, NC columns) go to OpenMP,
-  NC and then MC halved until there are TASKS_WANTED of them.
+* Blocking: K in blocks of at most KC (the B micro-panel, KC x NR, stays in L1 while MC
+  rows of A in L2 stream past it); tasks of (batch, MC rows, NC columns) go to OpenMP, NC
+  at most NC_MAX (a task's B block stays in L2: 2048^3 went 230 -> 265 GFLOP/s), then NC
+  and MC halved until there are TASKS_WANTED of them.
   Partial sums over K blocks accumulate in C (when C is float32; otherwise K is one
   block); the last block's tile goes to an MR x 16 buffer and the epilogue stores it to C,
   element by element, in a loop gcc vectorizes. A kernel may carry its own blocking
@@ -44,6 +45,7 @@ MC_ONTHEFLY = 192    # larger when B is packed per task, so packing is a smaller
 PARALLEL_MACS = 1 << 17  # multiply-adds below which a GEMM stays on one thread
 TASKS_WANTED = 16    # split N, then M, until there are this many tasks (load balance on few cores)
 MC_MIN = 24          # rows per task at the finest M split
+NC_MAX = 512         # columns per task at most: its B block (KC x 512 floats, 512 KiB) stays in L2
 PREPACK_MAX = 1 << 23  # floats: an activation B up to this size is packed whole, once per call
 
 
@@ -392,7 +394,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     mc = int(tile.get("mc", MC_PACKED if packed else MC_ONTHEFLY))
     L.append(f"  int64_t mc = M < {mc} ? M : {mc}, mt = (M + mc - 1) / mc;")
     L.append("  const int64_t n16 = (N + 15) / 16 * 16, npan = n16 / 16;")
-    L.append("  int64_t nc = n16;")
+    L.append(f"  int64_t nc = n16 > {NC_MAX} ? {NC_MAX} : n16;")
     L.append(f"  while (nbatch * mt * ((n16 + nc - 1) / nc) < {tasks_wanted} && nc > 64) nc = (nc / 2 + EMBER_NR - 1) / EMBER_NR * EMBER_NR;")
     L.append("  const int64_t nt = (n16 + nc - 1) / nc;")
     # few, wide tasks (a deep conv layer: many output channels, a small image) leave a core
