@@ -27,11 +27,8 @@ C_SOURCE = r"""
 #endif
 static inline float ember_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint32_t ember_f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static inline float ember_expf(float x) {
-  x = x < -104.0f ? -104.0f : x;          /* NaN passes both clamps */
-  x = x > 89.0f ? 89.0f : x;
-  float n = floorf(EMBER_FMA(x, 1.44269504088896341f, 0.5f));
-  n = n == n ? n : 0.0f;
+/* e^r, r = x - n ln 2 (two-part ln 2), by Cephes' degree-5 polynomial: in [0.7, 1.42] */
+static inline float ember_exp_reduced(float x, float n) {
   float r = EMBER_FMA(n, -0.693359375f, x);
   r = EMBER_FMA(n, 2.12194440e-4f, r);
   float p = 1.9875691500e-4f;
@@ -41,6 +38,14 @@ static inline float ember_expf(float x) {
   p = EMBER_FMA(p, r, 1.6666665459e-1f);
   p = EMBER_FMA(p, r, 5.0000001201e-1f);
   p = EMBER_FMA(p, r * r, r) + 1.0f;
+  return p;
+}
+static inline float ember_expf(float x) {
+  x = x < -104.0f ? -104.0f : x;          /* NaN passes both clamps */
+  x = x > 89.0f ? 89.0f : x;
+  float n = floorf(EMBER_FMA(x, 1.44269504088896341f, 0.5f));
+  n = n == n ? n : 0.0f;
+  const float p = ember_exp_reduced(x, n);
   const int32_t ni = (int32_t)n;
   const uint32_t pb = ember_f2u(p);
   const float big = ember_u2f(pb + ((uint32_t)ni << 23));
@@ -63,15 +68,7 @@ static inline float ember_expf_softmax(float x) {
   const float xc = x < -87.0f ? -87.0f : x;   /* NaN passes, and stays NaN */
   float n = floorf(EMBER_FMA(xc, 1.44269504088896341f, 0.5f));
   n = n == n ? n : 0.0f;
-  float r = EMBER_FMA(n, -0.693359375f, xc);
-  r = EMBER_FMA(n, 2.12194440e-4f, r);
-  float p = 1.9875691500e-4f;
-  p = EMBER_FMA(p, r, 1.3981999507e-3f);
-  p = EMBER_FMA(p, r, 8.3334519073e-3f);
-  p = EMBER_FMA(p, r, 4.1665795894e-2f);
-  p = EMBER_FMA(p, r, 1.6666665459e-1f);
-  p = EMBER_FMA(p, r, 5.0000001201e-1f);
-  p = EMBER_FMA(p, r * r, r) + 1.0f;
+  const float p = ember_exp_reduced(xc, n);
   /* zero below -87 by masking the bits: a select here is compiled to a branch in some loops */
   const uint32_t keep = -(uint32_t)!(x < -87.0f);
   return ember_u2f((ember_f2u(p) + ((uint32_t)(int32_t)n << 23)) & keep);
