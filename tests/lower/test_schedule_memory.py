@@ -137,3 +137,20 @@ def test_scaled_unravel_ravel_round_trip_simplifies():
         assert e is L.mul(i, s) or (s == 1 and e is i), e
     # not a round trip: the outer stride is not n * s
     assert L.add(L.mul(L.binary("floordiv", i, 4), 12), L.mul(L.binary("mod", i, 4), 2)).op == "add"
+
+
+def test_gelu_between_two_3d_linears_fuses():
+    # MiniLM's FFN: the GELU is materialized as the second GEMM's [B*S, N] operand but reads
+    # the first GEMM's output through a [B, S, N] view; that index must fold for it to fuse
+    from ember.lower.loop_ir import Matmul
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, (3, 5, 16)))
+    h = g.op("linear", [x, g.add_const(rng.standard_normal((24, 16)).astype(np.float32), "w"),
+                        g.add_const(rng.standard_normal(24).astype(np.float32), "b")])
+    a = g.op("gelu", [h], {"approximate": "none"})
+    g.outputs = [g.op("linear", [a, g.add_const(rng.standard_normal((8, 24)).astype(np.float32), "w2"),
+                                 g.add_const(rng.standard_normal(8).astype(np.float32), "b2")])]
+    prog = fuse_epilogues(lower(g.clone()))
+    assert [type(k) for k in prog.kernels] == [Matmul, Matmul], [k.name for k in prog.kernels]
+    xs = rng.standard_normal((3, 5, 16)).astype(np.float32)
+    np.testing.assert_allclose(ember.compile(g)(xs), interpret(g, [xs])[0], rtol=1e-5, atol=1e-5)

@@ -16,7 +16,7 @@
   at most NC_MAX (a task's B block stays in L2: 2048^3 went 230 -> 265 GFLOP/s), then NC
   and MC halved until there are TASKS_WANTED of them.
   Partial sums over K blocks accumulate in C (when C is float32; otherwise K is one
-  block); the last block's tile goes to an MR x 16 buffer and the epilogue stores it to C,
+  block); the last block's tile goes to an MR x NR buffer and the epilogue stores it to C,
   element by element, in a loop gcc vectorizes. A kernel may carry its own blocking
   (``Matmul.tile``: "kc", "mc", "tasks", "mc_min"), chosen per shape by ``autotune.py``. Tasks are scheduled dynamically, so a
   core that the OS takes away for a while does not stall the others at the barrier.
@@ -338,9 +338,10 @@ def _dispatch(mr: int, wide: bool) -> str:
 def prelude() -> str:
     """C helpers shared by every GEMM kernel of a program (printed once).
 
-    ``EMBER_MR`` is the micro-tile's row count for the instruction set the compiler targets:
-    12 with AVX-512 (zmm accumulators), 6 with AVX2 or the portable loop. The packed layouts
-    are the same for all three (16-column panels), so constants do not depend on it.
+    ``EMBER_MR`` x ``EMBER_NR`` is the micro-tile for the instruction set the compiler
+    targets: 12 x 32 with AVX-512 (two panels of zmm accumulators), 6 x 16 with AVX2 or the
+    portable loop. The packed layouts are the same for all three (16-column panels), so
+    constants do not depend on it.
     """
     avx512 = "".join(_ukr_avx512(m, p) for m in range(1, MR_AVX512 + 1) for p in (1, 2)) + _dispatch(MR_AVX512, True)
     avx = "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _dispatch(MR, False)

@@ -146,10 +146,11 @@ def test_empty_k_gives_the_epilogue_of_zero():
     check(g, [[rand((7, 0)), rand((0, 65))], [rand((7, 3)), rand((3, 65))]])
 
 
-# the micro-kernel is chosen by the instruction set gcc targets: AVX-512 (12 x 16 tiles) where
-# -march=native has it, else AVX2 (6 x 16), else portable C. The native build is tested above;
-# these build the AVX2 kernel on any machine (on an AVX2-only one it is the native build) and
-# cover the edges of both tile heights.
+# the micro-kernel is chosen by the instruction set gcc targets: AVX-512 (12 x 32 tiles, 12 x 16
+# for a lone last panel) where -march=native has it, else AVX2 (6 x 16), else portable C. The
+# native build is tested above; these build the AVX2 kernel on any machine (on an AVX2-only one
+# it is the native build) and cover the edges of both tile shapes (N = 17, 31, 33, 40: one or
+# two panels and a ragged one; M = 11-13, 25: around the 12-row tile).
 ISA_FLAGS = {"avx2": ("-mno-avx512f",), "portable": ("-mno-avx2", "-mno-fma")}
 TILE_EDGES = [(11, 17, 300), (12, 16, 257), (13, 33, 64), (25, 1, 7), (97, 31, 513), (1, 40, 33)]
 

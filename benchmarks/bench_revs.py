@@ -1,0 +1,109 @@
+"""Ember against itself at other git revisions: each revision is checked out in its own
+worktree and timed in its own process, the processes alternate round by round, and each
+round reports medians (-> benchmarks/results/revs.md). This is what backs a "before ->
+after" claim.
+
+    flock /tmp/ember-bench.lock .venv/bin/python benchmarks/bench_revs.py 119c607 HEAD \\
+        [--rounds 2] [--models MiniLM-L6-v2 b8,ResNet] [--gemm 1024x1024x1024,2048x2048x2048]
+
+Models are bench_suite's cases, chosen by name substring, and GEMMs are x[M, K] @ W[K, N]
+with W constant. Everything else the revisions share: this interpreter, torch, the
+compile cache.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # see bench_suite.py: sleeping worker threads
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def worker(tree: str, models: list[str], gemms: list[str], seconds: float) -> dict:
+    """Medians (seconds) of one tree's Ember on the chosen workloads, in this process."""
+    sys.path[:0] = [tree, str(Path(tree) / "benchmarks")]
+    import numpy as np
+    import bench_suite
+    import ember
+    from ember.ir import Graph, TensorType, dtypes
+    from ember.timing import measure
+
+    calls = {}
+    for name, build in bench_suite.cases(False):
+        if any(m in name for m in models):
+            model, ins, _ = build()
+            c = ember.compile(model, ins)
+            feed = [i.numpy() for i in ins]
+            calls[name] = (lambda c=c, feed=feed: c.run_numpy(feed))
+    rng = np.random.default_rng(0)
+    for shape in gemms:
+        m, n, k = map(int, shape.split("x"))
+        g = Graph()
+        x = g.add_input("x", TensorType(dtypes.f32, (m, k)))
+        g.outputs = [g.op("matmul", [x, g.add_const(rng.standard_normal((k, n)).astype(np.float32), "w")])]
+        c, xn = ember.compile(g), rng.standard_normal((m, k)).astype(np.float32)
+        calls[f"GEMM {shape}"] = (lambda c=c, xn=xn: c.run_numpy([xn]))
+    r = measure(calls, rounds=60, max_seconds=seconds)
+    return {name: v["median"] for name, v in r.items()}
+
+
+def show(name: str, seconds: float) -> str:
+    if name.startswith("GEMM "):
+        m, n, k = map(int, name[5:].split("x"))
+        return f"{2 * m * n * k / seconds / 1e9:.0f} GFLOP/s"
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("revs", nargs="+", help="git revisions to compare (the first is the baseline)")
+    ap.add_argument("--rounds", type=int, default=2, help="processes per revision, alternated")
+    ap.add_argument("--models", default="MiniLM-L6-v2 b8,ResNet,MLP 3x1024 GELU b64",
+                    help="comma-separated substrings of bench_suite's model names")
+    ap.add_argument("--gemm", default="1024x1024x1024,2048x2048x2048", help="comma-separated MxNxK")
+    ap.add_argument("--seconds", type=float, default=10.0, help="time cap per process")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    gemms = [s for s in args.gemm.split(",") if s]
+    if args.worker:
+        print(json.dumps(worker(args.worker, models, gemms, args.seconds)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {}
+        for i, rev in enumerate(args.revs):
+            tree = str(Path(tmp) / f"rev{i}")
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", tree, rev], check=True)
+            trees[rev] = tree
+        results = {rev: [] for rev in args.revs}
+        try:
+            for _ in range(args.rounds):
+                for rev, tree in trees.items():
+                    out = subprocess.run([sys.executable, __file__, *args.revs, "--worker", tree,
+                                          "--models", args.models, "--gemm", args.gemm,
+                                          "--seconds", str(args.seconds)],
+                                         check=True, capture_output=True, text=True).stdout
+                    results[rev].append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for tree in trees.values():
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", tree], check=False)
+    names = list(results[args.revs[0]][0])
+    lines = [f"`python benchmarks/bench_revs.py {' '.join(args.revs)}`: Ember at each revision, "
+             f"{args.rounds} alternating processes each, the median of each process.", "",
+             "| workload | " + " | ".join(args.revs) + " |", "|---|" + "---|" * len(args.revs)]
+    for name in names:
+        cells = [" / ".join(show(name, r[name]) for r in results[rev]) for rev in args.revs]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    out = REPO / "benchmarks" / "results" / "revs.md"
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines) + f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
