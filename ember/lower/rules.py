@@ -208,16 +208,27 @@ def _const_to_contig(lw: Lowerer, ref):
     return ref
 
 
-def _packed_weight(lw: Lowerer, b, batch_rank: int):
-    """A constant B shared by every batch entry, packed into GEMM panels at compile time."""
-    if not isinstance(b, View) or any(d != 1 for d in b.shape[:-2]):
+def _packed_weight(lw: Lowerer, b, batch: tuple):
+    """A constant B packed into GEMM panels at compile time: one matrix shared by every batch
+    entry, or one per entry of a static batch (``Bp[b..., j // 16, k, j % 16]``)."""
+    if not isinstance(b, View):
+        return None
+    bb = tuple(b.shape[:-2])
+    shared = all(d == 1 for d in bb)
+    if not shared and (len(bb) != len(batch) or any(not isinstance(d, int) or d != e for d, e in zip(bb, batch))):
         return None
     arr = lw.const_array(b)
     if arr is None:
         return None
-    packed = pack_panels(arr.reshape(arr.shape[-2:]))
+    k, n = arr.shape[-2:]
+    if shared:
+        packed, strides = pack_panels(arr.reshape(k, n)), (0,) * len(batch)
+    else:
+        mats = arr.reshape((-1, k, n))
+        packed = np.stack([pack_panels(m) for m in mats]).reshape(bb + (-(-n // PANEL), k, PANEL))
+        strides = tuple(int(s) // packed.itemsize for s in packed.strides[:len(bb)])
     buf = lw.const(packed, b.dtype, b.buf.name + "_packed").buf
-    return L.Operand(buf, 0, (0,) * (batch_rank + 2), packed=PANEL)
+    return L.Operand(buf, 0, strides + (0, 0), packed=PANEL)
 
 
 def _widen_bf16(lw: Lowerer, ref):
@@ -243,7 +254,7 @@ def emit_matmul(lw: Lowerer, a, b, out_shape, dtype, value=None, epilogue=None):
     a, b = _widen_bf16(lw, a), _widen_bf16(lw, b)   # the result is rounded to bf16 on store
     f32 = a.dtype is dtypes.f32 and b.dtype is dtypes.f32  # the blocked GEMM takes any strides
     _, opa = _operand(lw, a, len(batch))
-    opb = _packed_weight(lw, b, len(batch)) if f32 else None
+    opb = _packed_weight(lw, b, batch) if f32 else None
     if opb is None:
         b = _const_to_contig(lw, b)
         vb, opb = _operand(lw, b, len(batch))

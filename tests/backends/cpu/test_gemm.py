@@ -108,6 +108,21 @@ def test_constant_b_with_unit_batch_dim_and_transposed_a():
     check(g, [[rand((3, 513, 65))]])
 
 
+@pytest.mark.parametrize("batch,m,n,k", [((3,), 1, 33, 7), ((2, 3), 5, 17, 65), ((4,), 13, 40, 1),
+                                         ((36,), 16, 64, 300), ((2,), 49, 32, 9)])
+def test_constant_b_per_batch_entry_is_packed(batch, m, n, k):
+    # a constant B with one matrix per batch entry (Winograd's transformed weights) is packed
+    # per entry at compile time; M of 1 takes the GEMV, 13, 16 and 49 rows split into
+    # balanced row tiles (7 + 6, 8 + 8, 10 + 10 + 10 + 10 + 9)
+    g = Graph()
+    a = g.add_input("a", TensorType(F32, batch + (m, k)))
+    g.outputs = [g.op("matmul", [a, g.add_const(rand(batch + (k, n)), "w")])]
+    mm = [kk for kk in lower(g).kernels if isinstance(kk, Matmul)]
+    assert len(mm) == 1 and mm[0].b.packed == 16
+    assert mm[0].b.buf.numel == int(np.prod(batch)) * -(-n // 16) * k * 16
+    check(g, [[rand(batch + (m, k))]])
+
+
 def test_non_float32_output_and_unfused():
     # the epilogue casts to float64: C cannot hold float32 partial sums, so K is one block
     g = Graph()
