@@ -91,8 +91,9 @@ def _conv2d_gemm(lw, x, w, bias, out, stride, pad, dil, groups):
 
 def _conv2d_winograd(lw, x, wv, bias, out, pad):
     """A 3x3 stride-1 conv2d as Winograd F(4x4, 3x3) (lower/winograd.py): input transform,
-    36 GEMMs (the transformed weight as A, read in place), output transform with the bias
-    as its epilogue (where ReLU and a residual add join it, lower/schedule.py)."""
+    36 GEMMs (tiles as rows, the transformed weight packed at compile time as B), output
+    transform with the bias as its epilogue (where ReLU and a residual add join it,
+    lower/schedule.py)."""
     O, C = wv.shape[0], wv.shape[1]
     N, _, H, W = x.shape
     Ho, Wo = out.shape[2], out.shape[3]
@@ -101,17 +102,15 @@ def _conv2d_winograd(lw, x, wv, bias, out, pad):
     xv = lw.as_view(x)
     if not xv.is_contiguous:
         xv = lw.store(xv)
-    u = lw.const(wg.transform_weight(wv), dtypes.f32, "winograd_u")
-    v = lw.temp(out.dtype, (C, wg.POS, T))
-    lw.prog.kernels.append(wg.WinogradInput(lw._name("k"), v, (C, wg.POS, T), xv.buf, xv.offset, N, C, H, W,
+    ut = lw.const(np.ascontiguousarray(wg.transform_weight(wv).transpose(0, 2, 1)), dtypes.f32, "winograd_u")
+    v = lw.temp(out.dtype, (wg.POS, T, C))
+    lw.prog.kernels.append(wg.WinogradInput(lw._name("k"), v, (wg.POS, T, C), xv.buf, xv.offset, N, C, H, W,
                                             tuple(pad), nth, ntw))
-    m = lw.temp(out.dtype, (wg.POS, O, T))
-    lw.prog.kernels.append(L.Matmul(lw._name("k"), m, (wg.POS,), O, T, C, L.Operand(u.buf, 0, (O * C, C, 1)),
-                                    L.Operand(v, 0, (T, wg.POS * T, 1))))
+    m = emit_matmul(lw, View(v, (wg.POS, T, C)), ut, (wg.POS, T, O), out.dtype)
     buf = lw.temp(out.dtype, out.shape, out)
     i = out_vars(4)
     epi = L.var("acc", out.dtype) + bias.load([i[1]]) if bias is not None else None
-    lw.prog.kernels.append(wg.WinogradOutput(lw._name("k"), buf, tuple(out.shape), m, N, O, Ho, Wo,
+    lw.prog.kernels.append(wg.WinogradOutput(lw._name("k"), buf, tuple(out.shape), m.buf, N, O, Ho, Wo,
                                              nth, ntw, epi))
     return View(buf, out.shape)
 

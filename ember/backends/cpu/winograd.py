@@ -26,6 +26,7 @@ _PRELUDE = r"""/* Winograd F(4x4, 3x3) transforms (backends/cpu/winograd.py) */
 #define EMBER_WINOGRAD 1
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 typedef float ember_w8 __attribute__((vector_size(32)));
 /* the first n (or all 8) lanes. A constant-size memcpy is one unaligned vector move; the
    partial case must not become a libc memcpy call (gcc turns a lane-copy loop into one),
@@ -72,43 +73,92 @@ static inline void ember_wino_at(const ember_w8 *m, int s, ember_w8 *o, int so) 
   o[2 * so] = a + 4.0f * c;
   o[3 * so] = b + 8.0f * d + m[5 * s];
 }
-/* scratch floats for one channel of the input transform */
-static inline int64_t ember_wino_scratch(int64_t nth, int64_t ntw) { return (4 * nth + 2) * 4 * (ntw + 8); }
-/* V[p][t] (positions ps apart) of every tile of one channel x [H][W] of one image */
-static void ember_wino_in(const float *restrict x, int64_t H, int64_t W, int64_t ph, int64_t pw,
-    int64_t nth, int64_t ntw, float *restrict s, float *restrict v, int64_t ps) {
-  const int64_t Wq = ntw + 8, R = 4 * nth + 2;
-  for (int64_t r = 0; r < R; r++) {
-    float *restrict sr = s + r * 4 * Wq;
-    memset(sr, 0, sizeof(float) * 4 * Wq);
-    const int64_t h = r - ph;
-    if (h < 0 || h >= H) continue;
-    const float *restrict xr = x + h * W;
-    for (int64_t w = 0; w < W; w++) { const int64_t u = w + pw; sr[(u & 3) * Wq + (u >> 2)] = xr[w]; }
+/* r[i][l] <-> r[l][i]: an 8 x 8 block through three rounds of two-input shuffles (vunpck,
+   vshuf and vperm2f128 or vpermt2ps: whatever the target has) */
+typedef int32_t ember_i8 __attribute__((vector_size(32)));
+#if defined(__clang__)
+#define EMBER_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define EMBER_SHUF(a, b, ...) __builtin_shuffle(a, b, (ember_i8){__VA_ARGS__})
+#endif
+static inline void ember_w8_transpose(ember_w8 r[8]) {
+  ember_w8 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = EMBER_SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = EMBER_SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
   }
+  for (int i = 0; i < 8; i += 4)
+    for (int j = 0; j < 2; j++) {
+      u[i + j] = EMBER_SHUF(t[i + j], t[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + j + 2] = EMBER_SHUF(t[i + j], t[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  /* u[0] = rows 0-3 of columns 0, 4; u[2]: 1, 5; u[1]: 2, 6; u[3]: 3, 7 (u[4..7]: rows 4-7) */
+#define EMBER_HALVES(q, a) r[q] = EMBER_SHUF(u[a], u[a + 4], 0, 1, 2, 3, 8, 9, 10, 11); \
+                          r[q + 4] = EMBER_SHUF(u[a], u[a + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  EMBER_HALVES(0, 0) EMBER_HALVES(1, 2) EMBER_HALVES(2, 1) EMBER_HALVES(3, 3)
+#undef EMBER_HALVES
+}
+/* scratch floats of the input transform: the zero-padded image, 8 channels per pixel */
+static inline int64_t ember_wino_scratch(int64_t nth, int64_t ntw) { return (4 * nth + 2) * (4 * ntw + 2) * 8; }
+/* V[p][t][c0 + cc] (positions ps apart, tiles C apart) of every tile of nc <= 8 channels
+   x[cc][H][W] (channels HW apart) of one image. The channels are first interleaved into the
+   padded scratch s[row][col][8] by 8 x 8 transposes (8 channels x 8 columns); then each tile's
+   6x6 patch is 36 contiguous loads with a channel per lane, and its 36 transformed vectors
+   are contiguous stores to V. */
+static void ember_wino_in(const float *restrict x, int64_t HW, int64_t nc, int64_t H, int64_t W,
+    int64_t ph, int64_t pw, int64_t nth, int64_t ntw, float *restrict s, float *restrict v, int64_t ps,
+    int64_t C) {
+  const int64_t R = 4 * nth + 2, U = 4 * ntw + 2;
+  for (int64_t r = 0; r < R; r++) {  /* zero the padding; the image overwrites the rest */
+    float *sr = s + r * U * 8;
+    if (r < ph || r - ph >= H) { memset(sr, 0, sizeof(float) * U * 8); continue; }
+    memset(sr, 0, sizeof(float) * pw * 8);
+    if (pw + W < U) memset(sr + (pw + W) * 8, 0, sizeof(float) * (U - pw - W) * 8);
+  }
+  for (int64_t h = 0; h < H && h + ph < R; h++)
+    for (int64_t w0 = 0; w0 < W; w0 += 8) {
+      const int64_t nw = ember_min64(8, ember_min64(W, U - pw) - w0);
+      if (nw <= 0) break;
+      ember_w8 r[8];
+      for (int64_t cc = 0; cc < 8; cc++) r[cc] = cc < nc ? ember_w8_loadn(x + cc * HW + h * W + w0, nw) : (ember_w8){0};
+      ember_w8_transpose(r);
+      float *sr = s + ((h + ph) * U + w0 + pw) * 8;
+      for (int64_t l = 0; l < nw; l++) memcpy(sr + 8 * l, &r[l], sizeof r[l]);
+    }
   for (int64_t th = 0; th < nth; th++)
-    for (int64_t tw0 = 0; tw0 < ntw; tw0 += 8) {
+    for (int64_t tw = 0; tw < ntw; tw++) {
       ember_w8 d[36], t[36];
-      for (int i = 0; i < 6; i++) {
-        const float *sr = s + (4 * th + i) * 4 * Wq + tw0;
-        for (int j = 0; j < 6; j++) d[6 * i + j] = ember_w8_loadn(sr + (j & 3) * Wq + (j >> 2), 8);
-      }
+      for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 6; j++) memcpy(&d[6 * i + j], s + ((4 * th + i) * U + 4 * tw + j) * 8, sizeof d[0]);
       for (int j = 0; j < 6; j++) ember_wino_bt(d + j, 6, t + j, 6);          /* columns */
       for (int i = 0; i < 6; i++) ember_wino_bt(t + 6 * i, 1, d + 6 * i, 1);  /* rows */
-      float *vt = v + th * ntw + tw0;
-      const int64_t nl = ntw - tw0;
-      for (int p = 0; p < 36; p++) ember_w8_storen(vt + p * ps, d[p], nl);
+      float *vt = v + (th * ntw + tw) * C;
+      if (nc == 8) for (int p = 0; p < 36; p++) memcpy(vt + p * ps, &d[p], sizeof d[p]);
+      else for (int p = 0; p < 36; p++) ember_w8_storen(vt + p * ps, d[p], nc);
     }
 }
-/* the 4x4 outputs of eight tiles of one channel, interleaved: y[a][4 * lane + b] */
-static inline void ember_wino_out_tiles(const float *m, int64_t ps, int64_t nl, float y[4][32]) {
-  ember_w8 mm[36], t[24], r[16];
-  for (int p = 0; p < 36; p++) mm[p] = ember_w8_loadn(m + p * ps, nl);
-  for (int k = 0; k < 6; k++) ember_wino_at(mm + k, 6, t + k, 6);          /* columns */
-  for (int a = 0; a < 4; a++) ember_wino_at(t + 6 * a, 1, r + 4 * a, 1);   /* rows */
+/* the 4x4 outputs of nl <= 8 tiles (tiles O apart, positions ps apart in m) of channels
+   o0 .. o0 + no (no <= 8) as rows of pixels: y[oc][a][4 * tile + b]. Per tile the 36 values
+   are contiguous loads with a channel per lane; 8 x 8 transposes turn the results into rows. */
+static inline void ember_wino_out_tiles(const float *m, int64_t ps, int64_t O, int64_t nl, int64_t no,
+    float y[8][4][32]) {
+  ember_w8 yb[4][32];
+  for (int64_t l = 0; l < 8; l++) {
+    ember_w8 mm[36], t[24], r[16];
+    if (l >= nl) { for (int a = 0; a < 4; a++) for (int b = 0; b < 4; b++) yb[a][4 * l + b] = (ember_w8){0}; continue; }
+    if (no == 8) for (int p = 0; p < 36; p++) memcpy(&mm[p], m + p * ps + l * O, sizeof mm[p]);
+    else for (int p = 0; p < 36; p++) mm[p] = ember_w8_loadn(m + p * ps + l * O, no);
+    for (int k = 0; k < 6; k++) ember_wino_at(mm + k, 6, t + k, 6);          /* columns */
+    for (int a = 0; a < 4; a++) ember_wino_at(t + 6 * a, 1, r + 4 * a, 1);   /* rows */
+    for (int a = 0; a < 4; a++) for (int b = 0; b < 4; b++) yb[a][4 * l + b] = r[4 * a + b];
+  }
   for (int a = 0; a < 4; a++)
-    for (int l = 0; l < 8; l++)
-      for (int b = 0; b < 4; b++) y[a][4 * l + b] = r[4 * a + b][l];
+    for (int g = 0; g < 4 && 2 * g < nl; g++) {
+      ember_w8 q[8];
+      for (int i = 0; i < 8; i++) q[i] = yb[a][8 * g + i];
+      ember_w8_transpose(q);
+      for (int64_t oc = 0; oc < no; oc++) memcpy(&y[oc][a][8 * g], &q[oc], sizeof q[oc]);
+    }
 }
 #endif
 """
@@ -120,15 +170,17 @@ def print_input(k: WinogradInput, params, printer) -> str:
     ph, pw = k.pad
     return "\n".join([
         f"  const int64_t N = {c_dim(k.N)}, C = {k.C}, nth = {k.nth}, ntw = {k.ntw}, T = N * nth * ntw;",
+        "  const int64_t ncb = (C + 15) / 16;  /* 16 channels per task: a tile's 64 bytes of V come from one core */",
         "  if (N == 0) return;",
         f"  #pragma omp parallel if(N * C * {k.H * k.W * 36} > {PARALLEL_MACS})",
         "  {",
-        "    float *s = (float *)malloc(sizeof(float) * ember_wino_scratch(nth, ntw));",
-        "    #pragma omp for schedule(dynamic, 4)",
-        "    for (int64_t t = 0; t < N * C; t++) {",
-        "      const int64_t n = t / C, c = t % C;",
-        f"      ember_wino_in({X} + {c_dim(k.offset)} + t * {k.H * k.W}, {k.H}, {k.W}, {ph}, {pw}, nth, ntw, s,",
-        f"                    {V} + c * 36 * T + n * nth * ntw, T);",
+        "    float *s = (float *)aligned_alloc(64, sizeof(float) * ember_wino_scratch(nth, ntw));",
+        "    #pragma omp for schedule(dynamic, 1)",
+        "    for (int64_t t = 0; t < N * ncb; t++) {",
+        "      const int64_t n = t / ncb;",
+        "      for (int64_t c0 = (t % ncb) * 16; c0 < ember_min64(C, (t % ncb) * 16 + 16); c0 += 8)",
+        f"        ember_wino_in({X} + {c_dim(k.offset)} + (n * C + c0) * {k.H * k.W}, {k.H * k.W}, ember_min64(8, C - c0),",
+        f"                      {k.H}, {k.W}, {ph}, {pw}, nth, ntw, s, {V} + n * nth * ntw * C + c0, T * C, C);",
         "    }",
         "    free(s);",
         "  }",
@@ -139,22 +191,24 @@ def print_input(k: WinogradInput, params, printer) -> str:
 def print_output(k: WinogradOutput, params, printer) -> str:
     Mb, Y = params[k.m], params[k.out]
     L = [f"  const int64_t N = {c_dim(k.N)}, O = {k.O}, Ho = {k.Ho}, Wo = {k.Wo}, nth = {k.nth}, ntw = {k.ntw};",
-         "  const int64_t T = N * nth * ntw;",
+         "  const int64_t T = N * nth * ntw, nob = (O + 7) / 8;  /* task pairs share M's cache lines: chunks of 2 */",
          "  if (N == 0) return;",
-         f"  #pragma omp parallel for schedule(dynamic, 4) if(N * O * {k.Ho * k.Wo * 36} > {PARALLEL_MACS})",
-         "  for (int64_t t = 0; t < N * O; t++) {",
-         "    const int64_t n = t / O, o = t % O;",
-         f"    const float *mo = {Mb} + o * T + n * nth * ntw;",
-         "    float y[4][32] __attribute__((aligned(32)));",
+         f"  #pragma omp parallel for schedule(dynamic, 2) if(N * O * {k.Ho * k.Wo * 36} > {PARALLEL_MACS})",
+         "  for (int64_t t = 0; t < N * nob; t++) {",
+         "    const int64_t n = t / nob, o0 = (t % nob) * 8, no = ember_min64(8, O - o0);",
+         f"    const float *mt = {Mb} + n * nth * ntw * O + o0;",
+         "    float y[8][4][32] __attribute__((aligned(32)));",
          "    for (int64_t th = 0; th < nth; th++)",
          "      for (int64_t tw0 = 0; tw0 < ntw; tw0 += 8) {",
-         "        ember_wino_out_tiles(mo + th * ntw + tw0, O * T, ntw - tw0, y);",
+         "        ember_wino_out_tiles(mt + (th * ntw + tw0) * O, T * O, O, ember_min64(8, ntw - tw0), no, y);",
          "        const int64_t w0 = 4 * tw0, nw = ember_min64(32, Wo - w0);",
-         "        for (int a = 0; a < 4 && 4 * th + a < Ho; a++) {",
-         "          const int64_t h = 4 * th + a;",
-         "          for (int64_t c = 0; c < nw; c++) {"]
-    L += epilogue_store(params, "            ", k.epilogue, Y, k.out.dtype, "((n * O + o) * Ho + h) * Wo + w0 + c",
-                        "y[a][c]", "const int64_t i0 = n, i1 = o, i2 = h, i3 = w0 + c; const float acc = y[a][c]; "
+         "        for (int64_t oc = 0; oc < no; oc++) {",
+         "          const int64_t o = o0 + oc;",
+         "          for (int a = 0; a < 4 && 4 * th + a < Ho; a++) {",
+         "            const int64_t h = 4 * th + a;",
+         "            for (int64_t c = 0; c < nw; c++) {"]
+    L += epilogue_store(params, "              ", k.epilogue, Y, k.out.dtype, "((n * O + o) * Ho + h) * Wo + w0 + c",
+                        "y[oc][a][c]", "const int64_t i0 = n, i1 = o, i2 = h, i3 = w0 + c; const float acc = y[oc][a][c]; "
                         "(void)i0; (void)i1; (void)i2; (void)i3;")
-    L += ["          }", "        }", "      }", "  }"]
+    L += ["            }", "          }", "        }", "      }", "  }"]
     return "\n".join(L) + "\n"
