@@ -18,6 +18,7 @@ from .lower.lowering import lower
 from .lower.memory import plan_memory
 from .lower.schedule import fuse_epilogues, fuse_rows
 from .passes import default_pipeline
+from .runtime.artifact import used_consts
 from .runtime.executable import NativeModule, TensorSpec
 
 
@@ -205,8 +206,12 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
     with progress.step("Compiling C"):
         lib = build(source)
     names = graph.output_names or [f"output{k}" for k in range(len(graph.outputs))]
+    # a constant no kernel reads (a weight the GEMM reads packed, Winograd's untransposed U)
+    # is not kept alive by the module: a placeholder address stands in for it
+    used = used_consts(source)
+    consts = [a if k in used else np.zeros(1, np.uint8) for k, a in enumerate(prog.const_data)]
     native = NativeModule(lib, prog.symbols, [_spec(v) for v in graph.inputs],
-                          [_spec(v, n) for v, n in zip(graph.outputs, names)], prog.const_data,
+                          [_spec(v, n) for v, n in zip(graph.outputs, names)], consts,
                           graph.sym_ranges, threads)
     cm = CompiledModel(graph, source, native, pm.report())
     cm.kernels, cm.fusions, cm.memory_plan, cm.pass_records = len(prog.kernels), fusions, plan, pm.records
