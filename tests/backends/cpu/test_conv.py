@@ -85,6 +85,29 @@ def test_fused_epilogue_is_one_kernel(relu, residual, bias):
     assert compiled.kernels == 1  # no im2col buffer, bias/add/ReLU in the GEMM's epilogue
 
 
+# small images with many output channels: pixels as the GEMM's rows (rules_conv.rows_form)
+ROWS_CASES = [
+    (64, 512, (7, 7), (3, 3), 1, 1, 1, True, True),    # ResNet-18's last stage, relu + residual
+    (32, 64, (14, 14), (3, 3), 2, 1, 1, True, False),  # stride 2 down to 7x7
+    (16, 48, (9, 5), (3, 3), 1, 0, 1, False, True),    # no padding, a 7x3 output
+    (8, 40, (3, 3), (3, 3), 1, 1, 1, False, False),    # 9 pixels
+    (5, 64, (7, 7), (3, 3), 1, 2, 2, True, False),     # dilation
+    (7, 20, (1, 1), (3, 3), 1, 1, 1, True, True),      # one pixel: a GEMV
+]
+
+
+@pytest.mark.parametrize("c,o,hw,k,s,p,d,relu,res", ROWS_CASES)
+def test_small_image_takes_pixels_as_rows(c, o, hw, k, s, p, d, relu, res):
+    compiled = check(*conv_graph(c, o, hw, k, s, p, d, relu=relu, residual=res))
+    assert "conv_rows_w_packed" in compiled.source
+
+
+def test_rows_form_only_where_it_fills_panels_better():
+    from ember.lower.rules_conv import rows_form
+    assert rows_form(512, 49) and rows_form(64, 1) and rows_form(256, 14 * 14)
+    assert not rows_form(13, 49) and not rows_form(64, 56 * 56) and not rows_form(64, 28 * 28)
+
+
 @pytest.mark.parametrize("c,o,hw,k,s,p,groups", [
     (2, 4, (7, 7), (3, 3), 1, 1, 2),          # 2 outputs per group: a reduction
     (6, 4, (13, 13), (5, 5), 2, 2, 2),
