@@ -11,6 +11,7 @@ the work is large enough to pay for the fork.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -374,6 +375,22 @@ class KernelPrinter:
             lines.append(ind + "  " + _store(outp, k.out.dtype, _flat(shape, ivars), v))
             lines.append(ind + "}")
             return "\n".join(lines) + "\n"
+        if _small_window(shape, red):
+            # a pooling window: SIMD across the outputs' last dim, the few taps unrolled
+            # inside (a SIMD loop over 3 taps does nothing; 16 outputs at once do)
+            outer = rank - 1
+            if outer >= 1:
+                lines.append(f"  #pragma omp parallel for collapse({outer}) if({work} > {PARALLEL_MIN})")
+            for d in range(outer):
+                lines.append(f"  {'  ' * d}for (int64_t i{d} = 0; i{d} < {c_dim(shape[d])}; i{d}++)")
+            ind = "  " + "  " * outer
+            lines.append(f"{ind}#pragma omp {'parallel for ' if outer == 0 else ''}simd"
+                         + (f" if({work} > {PARALLEL_MIN})" if outer == 0 else ""))
+            lines.append(f"{ind}for (int64_t i{outer} = 0; i{outer} < {c_dim(shape[outer])}; i{outer}++) {{")
+            result = self._reduction(lines, ind + "  ", red, k.body, params, unrolled=True)
+            lines.append(ind + "  " + _store(outp, k.out.dtype, _flat(shape, ivars), result))
+            lines.append(ind + "}")
+            return "\n".join(lines) + "\n"
         # reduction: parallel over outputs, serial (vectorizable) over the reduced dims
         if rank >= 1:
             lines.append(f"  #pragma omp parallel for collapse({rank}) if({work} > {PARALLEL_MIN})")
@@ -386,14 +403,25 @@ class KernelPrinter:
         lines.append(ind + "}")
         return "\n".join(lines) + "\n"
 
-    def _reduction(self, lines, ind, red, body, params) -> str:
-        """Emit ``acc = reduce_r body`` at ``ind``; returns the C expression of the result."""
+    def _reduction(self, lines, ind, red, body, params, unrolled=False) -> str:
+        """Emit ``acc = reduce_r body`` at ``ind``; returns the C expression of the result.
+        ``unrolled``: the reduced loops are unrolled inside a SIMD loop over outputs."""
         ct = compute_type(body.dtype)
         init = {"sum": "0", "prod": "1", "max": _lowest(body.dtype), "argmax": _lowest(body.dtype),
                 "min": _highest(body.dtype)}[red.op]
         lines.append(f"{ind}{ct} acc = {init};")
         if red.op == "argmax":
             lines.append(f"{ind}int64_t acc_i = 0;")
+        combine = {"sum": "acc += {v};", "prod": "acc *= {v};", "max": "acc = ({v}) > acc ? ({v}) : acc;",
+                   "min": "acc = ({v}) < acc ? ({v}) : acc;"}
+        if unrolled:  # one block per tap with the tap's coordinates as constants: straight-line
+            # code that gcc vectorizes across outputs (it will not with inner loops, pragmas or not)
+            for tap in itertools.product(*(range(int(sz)) for sz in red.sizes)):
+                lines.append(f"{ind}{{ const int64_t " + ", ".join(f"r{j} = {t}" for j, t in enumerate(tap)) + ";")
+                pr = ExprPrinter(params, lines, ind + "  ")
+                pr.count_uses(body)
+                lines.append(ind + "  " + combine[red.op].format(v=pr(body)) + " }")
+            return self._post(lines, ind, red, "acc", params)
         rind = ind
         for j, sz in enumerate(red.sizes):
             if j == len(red.sizes) - 1 and red.op in ("max", "min") and ct == "float":
@@ -414,7 +442,9 @@ class KernelPrinter:
                              f"{_flat(red.sizes, [f'r{j}' for j in range(len(red.sizes))])}; }} }}"}[red.op]
         lines.append(inner + combine)
         lines.append((rind[:-2] if red.sizes else rind) + "}")
-        result = "acc_i" if red.op == "argmax" else "acc"
+        return self._post(lines, ind, red, "acc_i" if red.op == "argmax" else "acc", params)
+
+    def _post(self, lines, ind, red, result, params) -> str:
         if red.post is not None:
             pp = ExprPrinter(params, lines, ind)
             pp.count_uses(red.post)
@@ -579,6 +609,19 @@ def _highest(dt) -> str:
     if dt is dtypes.bool_:
         return "true"
     return f"{'' if dt.is_signed else 'U'}INT{dt.itemsize * 8}_MAX"
+
+
+SMALL_WINDOW = 32   # taps of a reduction unrolled inside a SIMD loop over outputs
+
+
+def _small_window(shape, red) -> bool:
+    """A 2-D (or deeper) reduction over a few static taps with at least 8 outputs along the
+    last dim: pooling windows and depthwise convolutions, whose neighbouring outputs read
+    neighbouring inputs. (A reduction over one axis, e.g. a row sum, keeps the SIMD loop
+    over that axis, which is the contiguous one.)"""
+    return (len(shape) >= 1 and red.op in ("sum", "max", "min") and len(red.sizes) >= 2
+            and all(isinstance(s, int) for s in red.sizes) and prod(red.sizes) <= SMALL_WINDOW
+            and (not isinstance(shape[-1], int) or shape[-1] >= 8))
 
 
 def workspace_layout(prog: Program, plan=None):
