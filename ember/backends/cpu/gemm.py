@@ -85,10 +85,10 @@ def _ukr_avx512(mr: int, panels: int) -> str:
     memory. Two panels (MR = 12: 24 accumulators of 32 registers) make the kernel FMA-bound:
     one panel needs 13 loads per 12 FMAs and is load-bound at about 70 % of peak. Same
     operands as the AVX2 kernel: rows of A read in place, ``rs`` apart; the second panel's
-    rows are at ``b2``. B is prefetched 16 k steps ahead: a task with few rows (Winograd's
-    16 tiles, a 7x7 image's 49 pixels) reads each B panel about once, from L3, and the
-    prefetch hides part of that (36 x 16x256x256: 361 -> 379 GFLOP/s, 49x4608x512: 306 ->
-    331; no change for many rows)."""
+    rows are at ``b2``. B is prefetched 64 k steps (4 KiB) ahead: a task with few rows
+    (Winograd's 16 tiles, a 7x7 image's 49 pixels) reads each B panel about once, from L3
+    or memory, and the prefetch hides part of that (49x4608x512, its weight in L3: 306 ->
+    377 GFLOP/s; flushed from L3 before each call: 297 -> 326; no change for many rows)."""
     cols = range(panels)
     acc = ", ".join(f"c{r}_{p} = _mm512_setzero_ps()" for r in range(mr) for p in cols)
     rows = " ".join(f"const float *restrict a{r} = a + {r} * rs;" for r in range(mr))
@@ -108,7 +108,7 @@ def _ukr_avx512(mr: int, panels: int) -> str:
   #pragma GCC unroll {4 // panels}
   for (int64_t k = 0; k < kc; k++) {{
     const __m512 {loads};
-    _mm_prefetch((const char *)(b + 16 * k + 256), _MM_HINT_T0);{"" if panels == 1 else " _mm_prefetch((const char *)(b2 + 16 * k + 256), _MM_HINT_T0);"}
+    _mm_prefetch((const char *)(b + 16 * k + 1024), _MM_HINT_T0);{"" if panels == 1 else " _mm_prefetch((const char *)(b2 + 16 * k + 1024), _MM_HINT_T0);"}
 {body}
   }}
   if (accumulate) {{
@@ -403,7 +403,9 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     L.append(f"  int64_t mc = M < {mc} ? M : {mc}, mt = (M + mc - 1) / mc;")
     L.append("  const int64_t n16 = (N + 15) / 16 * 16, npan = n16 / 16;")
     L.append(f"  int64_t nc = n16 > {NC_MAX} ? {NC_MAX} : n16;")
-    L.append(f"  while (nbatch * mt * ((n16 + nc - 1) / nc) < {tasks_wanted} && nc > 64) nc = (nc / 2 + EMBER_NR - 1) / EMBER_NR * EMBER_NR;")
+    # columns first, down to one micro-tile when the rows are one block: a task of its own
+    # rows would read the B block again (a 49-row conv read its 9 MB weight 3 times)
+    L.append(f"  while (nbatch * mt * ((n16 + nc - 1) / nc) < {tasks_wanted} && nc > (mt == 1 ? EMBER_NR : 64)) nc = (nc / 2 + EMBER_NR - 1) / EMBER_NR * EMBER_NR;")
     L.append("  const int64_t nt = (n16 + nc - 1) / nc;")
     # few, wide tasks (a deep conv layer: many output channels, a small image) leave a core
     # idle at the end; split the rows finer, in whole micro-tiles
