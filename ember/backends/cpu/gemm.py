@@ -202,6 +202,12 @@ static void ember_pack_img(int64_t kc, int64_t k0, int64_t nc, int64_t N, int64_
             for (int64_t t = 0; t < n; t++, src += dw, o += 16) {
               _mm256_storeu_ps(o, _mm256_loadu_ps(src)); _mm256_storeu_ps(o + 8, _mm256_loadu_ps(src + 8));
             }
+          else if (sw == 2)  /* even lanes of 31 floats (the 32nd may lie past the image) */
+            for (int64_t t = 0; t < n; t++, src += dw, o += 16) {
+              _mm256_storeu_ps(o, ember_even_lanes(_mm256_loadu_ps(src), _mm256_loadu_ps(src + 8)));
+              _mm256_storeu_ps(o + 8, ember_even_lanes(_mm256_loadu_ps(src + 16),
+                                                       _mm256_maskload_ps(src + 24, ember_lane_mask(l0, 0, 7))));
+            }
           else
             for (int64_t t = 0; t < n; t++, src += dw, o += 16) for (int j = 0; j < 16; j++) o[j] = src[j * sw];
         } else {
