@@ -360,15 +360,7 @@ class KernelPrinter:
                 v = pr(k.body)
                 lines.append("  " + _store(outp, k.out.dtype, "0", v))
                 return "\n".join(lines) + "\n"
-            outer = rank - 1
-            if outer >= 1:
-                lines.append(f"  #pragma omp parallel for collapse({outer}) if({work} > {PARALLEL_MIN})")
-            for d in range(outer):
-                lines.append(f"  {'  ' * d}for (int64_t i{d} = 0; i{d} < {c_dim(shape[d])}; i{d}++)")
-            ind = "  " + "  " * outer
-            if outer == 0:
-                lines.append(f"  #pragma omp parallel for if({work} > {PARALLEL_MIN})")
-            lines.append(f"{ind}for (int64_t i{outer} = 0; i{outer} < {c_dim(shape[outer])}; i{outer}++) {{")
+            ind = _row_loops(lines, shape, work, simd=False)
             pr = ExprPrinter(params, lines, ind + "  ")
             pr.count_uses(k.body)
             v = pr(k.body)
@@ -378,15 +370,7 @@ class KernelPrinter:
         if _small_window(shape, red):
             # a pooling window: SIMD across the outputs' last dim, the few taps unrolled
             # inside (a SIMD loop over 3 taps does nothing; 16 outputs at once do)
-            outer = rank - 1
-            if outer >= 1:
-                lines.append(f"  #pragma omp parallel for collapse({outer}) if({work} > {PARALLEL_MIN})")
-            for d in range(outer):
-                lines.append(f"  {'  ' * d}for (int64_t i{d} = 0; i{d} < {c_dim(shape[d])}; i{d}++)")
-            ind = "  " + "  " * outer
-            lines.append(f"{ind}#pragma omp {'parallel for ' if outer == 0 else ''}simd"
-                         + (f" if({work} > {PARALLEL_MIN})" if outer == 0 else ""))
-            lines.append(f"{ind}for (int64_t i{outer} = 0; i{outer} < {c_dim(shape[outer])}; i{outer}++) {{")
+            ind = _row_loops(lines, shape, work, simd=True)
             result = self._reduction(lines, ind + "  ", red, k.body, params, unrolled=True)
             lines.append(ind + "  " + _store(outp, k.out.dtype, _flat(shape, ivars), result))
             lines.append(ind + "}")
@@ -609,6 +593,23 @@ def _highest(dt) -> str:
     if dt is dtypes.bool_:
         return "true"
     return f"{'' if dt.is_signed else 'U'}INT{dt.itemsize * 8}_MAX"
+
+
+def _row_loops(lines, shape, work, simd: bool) -> str:
+    """Open the loops over ``shape``: the outer dims collapsed and parallel, the last one
+    innermost (an ``omp simd`` loop where ``simd``); returns the indent of its body."""
+    outer = len(shape) - 1
+    par = f"if({work} > {PARALLEL_MIN})"
+    if outer >= 1:
+        lines.append(f"  #pragma omp parallel for collapse({outer}) {par}")
+    for d in range(outer):
+        lines.append(f"  {'  ' * d}for (int64_t i{d} = 0; i{d} < {c_dim(shape[d])}; i{d}++)")
+    ind = "  " + "  " * outer
+    if outer == 0 or simd:
+        pragma = ("parallel for " if outer == 0 else "") + ("simd " if simd else "") + (par if outer == 0 else "")
+        lines.append(f"{ind}#pragma omp {pragma.rstrip()}")
+    lines.append(f"{ind}for (int64_t i{outer} = 0; i{outer} < {c_dim(shape[outer])}; i{outer}++) {{")
+    return ind
 
 
 SMALL_WINDOW = 32   # taps of a reduction unrolled inside a SIMD loop over outputs
