@@ -93,9 +93,9 @@ def _conv2d_gemm(lw, x, w, bias, out, stride, pad, dil, groups):
 
 def rows_form(O: int, P: int) -> bool:
     """Pixels as the GEMM's rows where they fill its 16-column panels worse than the output
-    channels would: a 7x7 image's 49 pixels are 64 columns, 512 channels are 512. (Not for
-    a 1x1 kernel, whose image is already the B operand and whose K is too short to pay for
-    the gather: 256 -> 512 at 7x7 took 44 us as it is, 54 us this way.)"""
+    channels would: a 7x7 image's 49 pixels are 64 columns, 512 channels are 512. (The
+    caller keeps 1x1 kernels out: their image is already the B operand and their K is too
+    short to pay for the gather; 256 -> 512 at 7x7 took 44 us as it is, 54 us this way.)"""
     fill = lambda n: n / (-(-n // 16) * 16)
     return fill(O) > fill(P) + 0.05
 

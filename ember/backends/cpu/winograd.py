@@ -1,16 +1,18 @@
 """The CPU printers of the Winograd F(4x4, 3x3) transforms (lower/winograd.py).
 
-Both transforms work on eight tiles at once, one per SIMD lane (GCC vector extensions, so
-the same C builds with or without AVX2), along a row of tiles:
+Both transforms work on eight channels at once, one per SIMD lane (GCC vector extensions,
+so the same C builds with or without AVX2), because the GEMM between them reads and writes
+channels contiguously (V[p, t, c], M[p, t, o]):
 
-* Input: a channel of one image is first copied into a zero-padded scratch with its columns
-  split by residue mod 4, ``s[row][u % 4][u / 4]`` (u the padded column). Column ``4 tw + j``
-  of tile tw is then ``s[row][j % 4][tw + j / 4]``: eight consecutive tiles' values are one
-  contiguous load, and no lane needs a gather. The 6x6 patch goes through B^T on its columns,
-  then on its rows, and the 36 vectors are stored to V[p, c, t..t+8] (t contiguous).
-* Output: the 36 vectors M[p, o, t..t+8] go through A^T on columns and rows; the 4x4 results
-  are interleaved back into image order in a small buffer, and each output row segment is
-  stored through the epilogue (bias, fused ReLU/residual) in a loop over contiguous pixels.
+* Input: eight channels of one image are interleaved into a zero-padded scratch
+  ``s[row][col][8]`` by 8 x 8 transposes (8 channels x 8 columns). A tile's 6x6 patch is then
+  36 contiguous loads; it goes through B^T on its columns, then on its rows, and its 36
+  vectors are contiguous stores to V[p, t, c0..c0+8]. A task takes 16 channels, so each
+  64-byte line of V is written by one core.
+* Output: per tile, the 36 vectors M[p, t, o0..o0+8] go through A^T on columns and rows;
+  8 x 8 transposes turn eight tiles' 4x4 results into rows of pixels per channel, and each
+  row segment is stored through the epilogue (bias, fused ReLU/residual) in a loop over
+  contiguous pixels.
 
 The GEMM between them is the generic batched ``Matmul`` (backends/cpu/gemm.py).
 """
@@ -174,7 +176,7 @@ def print_input(k: WinogradInput, params, printer) -> str:
         "  if (N == 0) return;",
         f"  #pragma omp parallel if(N * C * {k.H * k.W * 36} > {PARALLEL_MACS})",
         "  {",
-        "    float *s = (float *)aligned_alloc(64, sizeof(float) * ember_wino_scratch(nth, ntw));",
+        "    float *s = (float *)aligned_alloc(64, (sizeof(float) * ember_wino_scratch(nth, ntw) + 63) / 64 * 64);",
         "    #pragma omp for schedule(dynamic, 1)",
         "    for (int64_t t = 0; t < N * ncb; t++) {",
         "      const int64_t n = t / ncb;",
