@@ -461,6 +461,20 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
 
     # -- blocked GEMM: tasks of (batch, mc rows, nc columns)
     body = []
+    # A's rows are read in place, MR of them at once; when their stride is a multiple of 4 KiB
+    # they fall in one L1 set (8 ways on Zen 4) and evict each other every k step.
+    # Such an A is copied once per call to rows one cache line further apart.
+    L.append(f"  const int64_t ars = K + 16;")
+    L.append(f"  float *afull = sak == 1 && sam % 1024 == 0 && M > EMBER_MR && n16 >= 64 && "
+             f"nbatch * M * ars <= {PREPACK_MAX} ? (float *)aligned_alloc(64, sizeof(float) * nbatch * M * ars) : NULL;")
+    body.append("  if (afull) {")
+    body.append("    #pragma omp for schedule(static)")
+    body.append("    for (int64_t t = 0; t < nbatch * M; t++) {")
+    body.append("      const int64_t bi = t / M, r = t % M;")
+    batch_coords("      ", body)
+    body.append(f"      memcpy(afull + t * ars, {A} + oa + r * sam, sizeof(float) * K);")
+    body.append("    }")
+    body.append("  }")
     body.append("  float *abuf = sak == 1 ? NULL : (float *)malloc(sizeof(float) * mc * kcb);")
     if not packed:
         # B is packed per task, or, when several row tasks share its columns, once for all of
@@ -489,6 +503,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
         body.append("      if (!bfull) " + pack_b("kc", "pc", "n1 - n0", "n0", "bbuf"))
     body.append(f"      const float *ablk = {A} + oa + m0 * sam + pc * sak;")
     body.append("      int64_t rs = sam;")
+    body.append("      if (afull) { ablk = afull + (bi * M + m0) * ars + pc; rs = ars; }")
     body.append("      if (abuf) { ember_pack_a(m1 - m0, kc, ablk, sam, sak, abuf); ablk = abuf; rs = kc; }")
     # column tiles of EMBER_NR (one or two 16-wide panels; the second panel's rows follow the
     # first's whole K extent, or the task's K block when packed per task)
@@ -551,6 +566,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     L.append("  } else {")
     L += ["  " + x for x in body if "#pragma" not in x]
     L.append("  }")
+    L.append("  free(afull);")
     if not packed:
         L.append("  free(bfull);")
     return "\n".join(L) + "\n"

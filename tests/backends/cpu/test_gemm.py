@@ -123,6 +123,26 @@ def test_constant_b_per_batch_entry_is_packed(batch, m, n, k):
     check(g, [[rand(batch + (m, k))]])
 
 
+@pytest.mark.parametrize("batch,m,n,k,bias", [((), 13, 64, 1024, True), ((2,), 65, 100, 2048, False),
+                                              ((3,), 25, 513, 1024, True), ((), 12, 64, 1024, False)])
+def test_a_with_a_4k_row_stride_is_copied_apart(batch, m, n, k, bias):
+    # rows of A 4 KiB apart (K a multiple of 1024) are copied once per call to rows one cache
+    # line further apart; with a batch of activation B's, a bias epilogue, and the edges of
+    # the rule (12 rows, one micro-tile, read in place)
+    g = Graph()
+    a = g.add_input("a", TensorType(F32, batch + (m, k)))
+    if batch:
+        y = g.op("matmul", [a, g.add_input("b", TensorType(F32, batch + (k, n)))])
+        ins = [rand(batch + (m, k)), rand(batch + (k, n))]
+    else:
+        y = g.op("matmul", [a, g.add_const(rand((k, n)), "w")])
+        ins = [rand((m, k))]
+    if bias:
+        y = g.op("add", [y, g.add_const(rand((n,)), "bias")])
+    g.outputs = [y]
+    check(g, [ins])
+
+
 def test_non_float32_output_and_unfused():
     # the epilogue casts to float64: C cannot hold float32 partial sums, so K is one block
     g = Graph()
