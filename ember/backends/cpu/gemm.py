@@ -12,8 +12,8 @@
   constant B (a weight) is packed once at compile time (``ember.lower.packing``), one
   matrix for every batch entry or one per entry (``Bp[b][j / 16][k][j % 16]``); an
   activation B (attention's Q@K^T, P@V) is packed per task on the fly.
-* Blocking: K in blocks of at most KC (the B micro-panel, KC x NR, stays in L1 while MC
-  rows of A in L2 stream past it); tasks of (batch, MC rows, NC columns) go to OpenMP, NC
+* Blocking: K in blocks of at most KC (the B micro-panel, KC x NR, is read from L2, a
+  prefetch ahead, by each row tile of the task; its MC rows of A stay in L2); tasks of (batch, MC rows, NC columns) go to OpenMP, NC
   at most NC_MAX (a task's B block stays in L2: 2048^3 went 230 -> 265 GFLOP/s), then NC
   and MC halved until there are TASKS_WANTED of them.
   Partial sums over K blocks accumulate in C (when C is float32; otherwise K is one
@@ -42,7 +42,7 @@ from ...lower.packing import ImageOperand
 
 MR, NR = 6, 16
 MR_AVX512 = 12       # rows of the AVX-512 micro-tile (EMBER_MR in the C)
-KC = 256             # K block: KC x 16 floats of B = 16 KiB, half of L1d
+KC = 512             # K block: fewer blocks, fewer round trips of C's partial sums (Zen 4: 256 -> 512 took 1024^3 167 -> 182 GFLOP/s)
 MC_PACKED = 96       # rows per task with a pre-packed B (A block 96 x 256 floats in L2)
 MC_ONTHEFLY = 192    # larger when B is packed per task, so packing is a smaller share
 PARALLEL_MACS = 1 << 17  # multiply-adds below which a GEMM stays on one thread

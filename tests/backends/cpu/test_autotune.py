@@ -24,7 +24,7 @@ def fast_tuner(monkeypatch, tmp_path):
     # a private cache, few candidates (KC 32 < K = 70: several K blocks), short timing;
     # MIN_GAIN 0: the fastest candidate wins even by noise, so non-default tiles get exercised
     monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(autotune, "KC_CHOICES", (32, 256))
+    monkeypatch.setattr(autotune, "KC_CHOICES", (32, gemm.KC))
     monkeypatch.setattr(autotune, "MC_CHOICES", (12, 96))
     monkeypatch.setattr(autotune, "REPS", 3)
     monkeypatch.setattr(autotune, "BUDGET_S", 0.005)

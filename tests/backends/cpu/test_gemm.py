@@ -17,7 +17,7 @@ F32 = dtypes.f32
 rng = np.random.default_rng(1)
 SIZES = (1, 2, 7, 63, 64, 65, 513)
 # a sample of (M, N, K) over SIZES: every size in every role, edges of the 6x16 tile and of
-# the 256-deep K block, without the full cube
+# the 512-deep K block, without the full cube
 MNK = [(1, 1, 1), (1, 513, 65), (1, 7, 513), (2, 7, 63), (2, 64, 1), (7, 65, 64),
        (7, 1, 513), (63, 2, 7), (63, 64, 65), (64, 63, 513), (64, 513, 2), (65, 65, 65),
        (65, 7, 1), (513, 2, 64), (513, 65, 7), (513, 63, 513)]
