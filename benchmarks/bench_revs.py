@@ -4,10 +4,12 @@ round reports medians (-> benchmarks/results/revs.md). This is what backs a "bef
 after" claim.
 
     flock /tmp/ember-bench.lock .venv/bin/python benchmarks/bench_revs.py 119c607 HEAD \\
-        [--rounds 2] [--models MiniLM-L6-v2 b8,ResNet] [--gemm 1024x1024x1024,2048x2048x2048]
+        [--rounds 2] [--models MiniLM-L6-v2 b8,ResNet] [--gemm 1024x1024x1024,2048x2048x2048] \\
+        [--conv 64x64x56x3x1,512x512x7x3x1]
 
-Models are bench_suite's cases, chosen by name substring, and GEMMs are x[M, K] @ W[K, N]
-with W constant. Everything else the revisions share: this interpreter, torch, the
+Models are bench_suite's cases, chosen by name substring; GEMMs are x[M, K] @ W[K, N]
+with W constant; convs are one PyTorch Conv2d + ReLU layer at batch 1, given as
+CinxCoutxHxKxS (an H x H image, a K x K kernel, stride S, padding K // 2). Everything else the revisions share: this interpreter, torch, the
 compile cache.
 """
 from __future__ import annotations
@@ -25,7 +27,17 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # see bench_suite.py: sleeping 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def worker(tree: str, models: list[str], gemms: list[str], seconds: float) -> dict:
+def conv_layer(spec: str):
+    """(torch module, input, GFLOP per call) of one CinxCoutxHxKxS conv + bias + ReLU."""
+    import torch
+    cin, cout, h, k, s = map(int, spec.split("x"))
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, s, k // 2), torch.nn.ReLU()).eval()
+    ho = (h + 2 * (k // 2) - k) // s + 1
+    return m, torch.randn(1, cin, h, h), 2.0 * cin * cout * k * k * ho * ho / 1e9
+
+
+def worker(tree: str, models: list[str], gemms: list[str], convs: list[str], seconds: float) -> dict:
     """Medians (seconds) of one tree's Ember on the chosen workloads, in this process."""
     sys.path[:0] = [tree, str(Path(tree) / "benchmarks")]
     import numpy as np
@@ -49,6 +61,10 @@ def worker(tree: str, models: list[str], gemms: list[str], seconds: float) -> di
         g.outputs = [g.op("matmul", [x, g.add_const(rng.standard_normal((k, n)).astype(np.float32), "w")])]
         c, xn = ember.compile(g), rng.standard_normal((m, k)).astype(np.float32)
         calls[f"GEMM {shape}"] = (lambda c=c, xn=xn: c.run_numpy([xn]))
+    for spec in convs:
+        m, x, _ = conv_layer(spec)
+        c, xn = ember.compile(m, (x,)), x.numpy()
+        calls[f"conv {spec}"] = (lambda c=c, xn=xn: c.run_numpy([xn]))
     r = measure(calls, rounds=60, max_seconds=seconds)
     return {name: v["median"] for name, v in r.items()}
 
@@ -57,6 +73,8 @@ def show(name: str, seconds: float) -> str:
     if name.startswith("GEMM "):
         m, n, k = map(int, name[5:].split("x"))
         return f"{2 * m * n * k / seconds / 1e9:.0f} GFLOP/s"
+    if name.startswith("conv "):
+        return f"{seconds * 1e6:.0f} us ({conv_layer(name[5:])[2] / seconds:.0f} GFLOP/s)"
     return f"{seconds * 1e3:.2f} ms"
 
 
@@ -67,13 +85,15 @@ def main():
     ap.add_argument("--models", default="MiniLM-L6-v2 b8,ResNet,MLP 3x1024 GELU b64",
                     help="comma-separated substrings of bench_suite's model names")
     ap.add_argument("--gemm", default="1024x1024x1024,2048x2048x2048", help="comma-separated MxNxK")
+    ap.add_argument("--conv", default="", help="comma-separated CinxCoutxHxKxS conv + ReLU layers")
     ap.add_argument("--seconds", type=float, default=10.0, help="time cap per process")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     models = [m for m in args.models.split(",") if m]
     gemms = [s for s in args.gemm.split(",") if s]
+    convs = [s for s in args.conv.split(",") if s]
     if args.worker:
-        print(json.dumps(worker(args.worker, models, gemms, args.seconds)))
+        print(json.dumps(worker(args.worker, models, gemms, convs, args.seconds)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         trees = {}
@@ -86,7 +106,7 @@ def main():
             for _ in range(args.rounds):
                 for rev, tree in trees.items():
                     out = subprocess.run([sys.executable, __file__, *args.revs, "--worker", tree,
-                                          "--models", args.models, "--gemm", args.gemm,
+                                          "--models", args.models, "--gemm", args.gemm, "--conv", args.conv,
                                           "--seconds", str(args.seconds)],
                                          check=True, capture_output=True, text=True).stdout
                     results[rev].append(json.loads(out.strip().splitlines()[-1]))
