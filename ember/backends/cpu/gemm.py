@@ -21,6 +21,10 @@
   element by element, in a loop gcc vectorizes. A kernel may carry its own blocking
   (``Matmul.tile``: "kc", "mc", "tasks", "mc_min"), chosen per shape by ``autotune.py``. Tasks are scheduled dynamically, so a
   core that the OS takes away for a while does not stall the others at the barrier.
+* A is read in place (rows ``rs`` apart), except that an A whose rows are 4 KiB apart (K a
+  multiple of 1024) is first copied, once per call, to rows 16 floats further apart: twelve
+  rows in one set of an 8-way L1 evicted each other every k step (Zen 4, 1024^3: 124 -> 167
+  GFLOP/s); and an A with a k-stride other than 1 is packed per task (``ember_pack_a``).
 * M == 1 with a packed weight is a GEMV: panels are split across threads and each k step
   feeds eight independent accumulators.
 * Ragged edges: a task's rows are split into tiles of nearly equal height (at most MR; 16
