@@ -168,7 +168,8 @@ def run_benchmark(source: str) -> list[tuple]:
     with tempfile.TemporaryDirectory(prefix="ember-tune-") as tmp:
         src, exe = Path(tmp) / "bench.c", Path(tmp) / "bench"
         src.write_text(source)
-        proc = subprocess.run([cc, *toolchain.FLAGS, str(src), "-o", str(exe), "-lm"],
+        objs = [str(o) for o in toolchain.objects_for(source, cc, toolchain.FLAGS)]
+        proc = subprocess.run([cc, *toolchain.FLAGS, str(src), *objs, "-o", str(exe), "-lm"],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise CompileError(f"autotune benchmark did not compile:\n{proc.stderr[-4000:]}")

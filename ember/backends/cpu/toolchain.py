@@ -21,7 +21,7 @@ FLAGS = ("-O3", "-march=native", "-fPIC", "-fopenmp", "-ffast-math",
 # constructor turns on flush-to-zero for the whole process (the user's numpy included).
 LINK_FLAGS = ("-shared", "-fopenmp")
 
-stats = {"compiles": 0, "cache_hits": 0}  # observed by tests that count compilations
+stats = {"compiles": 0, "cache_hits": 0, "objects": 0}  # observed by tests that count compilations
 
 
 def find_compiler() -> str:
@@ -59,6 +59,28 @@ def cpu_id() -> str:
     return f"{platform.machine()} {flags}"
 
 
+def objects_for(source: str, cc: str, flags: tuple) -> list[Path]:
+    """Objects a program's source links besides its own: the GEMM micro-kernels where the
+    source says it calls them (``gemm.LINK_MARK``), built once per compiler, flags and CPU."""
+    from . import gemm
+    if gemm.LINK_MARK not in source:
+        return []
+    ukr = gemm.ukr_source()
+    k = cache.key(ukr, " ".join(flags), compiler_id(cc), cpu_id(), __version__)
+    obj = cache.entry(k, ".o")
+    if not obj.exists():
+        with tempfile.TemporaryDirectory(prefix="ember-ukr-") as tmp:
+            src, out = Path(tmp) / "ukr.c", Path(tmp) / "ukr.o"
+            src.write_text(ukr)
+            proc = subprocess.run([cc, *flags, "-c", str(src), "-o", str(out)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise CompileError(f"the C compiler rejected Ember's GEMM micro-kernels (an Ember bug; "
+                                   f"please report it):\n{proc.stderr[-4000:]}")
+            stats["objects"] += 1
+            cache.atomic_write(obj, out.read_bytes())
+    return [obj]
+
+
 def build(source: str, extra_flags: tuple = ()) -> Path:
     """Compile C ``source`` into a shared library (cached); returns its path."""
     cc = find_compiler()
@@ -71,9 +93,16 @@ def build(source: str, extra_flags: tuple = ()) -> Path:
     with tempfile.TemporaryDirectory(prefix="ember-build-") as tmp:
         src, obj, out = Path(tmp) / "model.c", Path(tmp) / "model.o", Path(tmp) / "model.so"
         src.write_text(source)
-        proc = subprocess.run([cc, *flags, "-c", str(src), "-o", str(obj)], capture_output=True, text=True)
+        # the program compiles while the micro-kernels' object is found or built (2 cores)
+        job = subprocess.Popen([cc, *flags, "-c", str(src), "-o", str(obj)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            extra = objects_for(source, cc, flags)
+        finally:
+            err = job.communicate()[1]
+        proc = subprocess.CompletedProcess(job.args, job.returncode, "", err)
         if proc.returncode == 0:
-            proc = subprocess.run([cc, *LINK_FLAGS, str(obj), "-o", str(out), "-lm"],
+            proc = subprocess.run([cc, *LINK_FLAGS, str(obj), *map(str, extra), "-o", str(out), "-lm"],
                                   capture_output=True, text=True)
         if proc.returncode != 0:
             keep = cache.entry(k, ".failed.c")

@@ -211,3 +211,22 @@ def test_native_tile_edges(m, n, k):
     b = g.add_input("b", TensorType(F32, (k, n)))
     g.outputs = [g.op("matmul", [x, g.add_const(rand((k, n)), "w")]), g.op("matmul", [x, b])]
     check(g, [[rand((m, k)), rand((k, n))]])
+
+
+def test_micro_kernels_are_one_object_shared_by_every_program(tmp_path, monkeypatch):
+    # the micro-kernels are compiled once per compiler, flags and CPU and linked into each
+    # program with a GEMM; a program without one does not link them
+    import ember
+    from ember.backends.cpu import gemm, toolchain
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path))
+    before = toolchain.stats["objects"]
+    for n, k in ((33, 20), (7, 513)):
+        g = Graph()
+        x = g.add_input("x", TensorType(F32, (65, k)))
+        g.outputs = [g.op("matmul", [x, g.add_const(rand((k, n)), "w")])]
+        assert gemm.LINK_MARK in check(g, [[rand((65, k))]]).source
+    assert toolchain.stats["objects"] == before + 1
+    assert len(list(tmp_path.glob("*/*.o"))) == 1
+    g = Graph()
+    g.outputs = [g.op("relu", [g.add_input("x", TensorType(F32, (5,)))])]
+    assert gemm.LINK_MARK not in ember.compile(g).source
