@@ -24,6 +24,7 @@ from ...lower.loop_ir import Buffer, Expr, Loop, Matmul, Program, RowKernel, Tem
 from .fastmath import C_SOURCE as FASTMATH
 
 ALIGN = 64           # bytes; workspace buffers start on cache-line boundaries
+UNIT = "/* ember: translation unit */"  # toolchain.split_units: where a program may be cut
 PARALLEL_MIN = 1 << 15  # elements (x reduction length) below which a kernel stays serial
 
 PRELUDE = r"""
@@ -32,6 +33,9 @@ PRELUDE = r"""
 #include <math.h>
 #include <string.h>
 #define EMBER_ABI 1
+#ifndef EMBER_KERNEL  /* static in one translation unit; toolchain.build may compile kernels apart */
+#define EMBER_KERNEL static
+#endif
 static inline int64_t ember_fdiv(int64_t a, int64_t b) { int64_t q = a / b; return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q; }
 static inline int64_t ember_fmod(int64_t a, int64_t b) { int64_t r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
 static inline double ember_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
@@ -664,11 +668,14 @@ def generate(prog: Program, plan=None) -> str:
     for kind in dict.fromkeys(type(k) for k in prog.kernels if isinstance(k, Template)):
         if kind in TEMPLATE_PRELUDES:
             out.append(TEMPLATE_PRELUDES[kind])
+    # each kernel, and the entry points after them, begin a part that toolchain.build may
+    # compile as a translation unit of its own (after the shared helpers above), in parallel
     for text, name in kp.funcs.items():
-        out.append(f"static void {name}{text}")
+        out.append(f"{UNIT}\nEMBER_KERNEL void {name}{text}")
+    protos = "\n".join(f"EMBER_KERNEL void {name}{text[:text.index('{')].rstrip()};" for text, name in kp.funcs.items())
     # the runtime sets the thread count once per model (threads= / EMBER_NUM_THREADS); the
     # entry point applies it to the calling thread, so two models in one process each keep theirs
-    out.append("#include <omp.h>\nstatic int ember_threads = 0;\n"
+    out.append(f"{UNIT}\n{protos}\n#include <omp.h>\nstatic int ember_threads = 0;\n"
                "void ember_set_num_threads(int n) { ember_threads = n; }")
     body = ["int ember_main(const int64_t *dims, void *const *in, void *const *out, "
             "void *const *consts, char *ws) {",

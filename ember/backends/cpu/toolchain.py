@@ -81,8 +81,38 @@ def objects_for(source: str, cc: str, flags: tuple) -> list[Path]:
     return [obj]
 
 
+def split_units(source: str, n: int) -> list[str]:
+    """``source`` as at most ``n`` translation units of about equal size: the shared helpers
+    (everything before the first ``codegen.UNIT`` mark) head each one, the kernels after the
+    marks are dealt out by size, the entry points join the first. The kernels are then
+    hidden rather than static, so that the entry points link to them."""
+    from .codegen import UNIT
+    parts = source.split(UNIT)
+    if n < 2 or len(parts) < 3:
+        return [source]
+    head, kernels, main = parts[0], parts[1:-1], parts[-1]
+    groups = [[] for _ in range(min(n, len(kernels)))]
+    sizes = [0] * len(groups)
+    for k in sorted(kernels, key=len, reverse=True):
+        g = sizes.index(min(sizes))
+        groups[g].append(k)
+        sizes[g] += len(k)
+    groups[0].append(main)
+    hidden = '#define EMBER_KERNEL __attribute__((visibility("hidden")))\n'
+    return [hidden + head + "".join(g) for g in groups]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def build(source: str, extra_flags: tuple = ()) -> Path:
-    """Compile C ``source`` into a shared library (cached); returns its path."""
+    """Compile C ``source`` into a shared library (cached); returns its path. Its kernels
+    compile as one translation unit per core, in parallel, with the GEMM micro-kernels'
+    object found or built meanwhile."""
     cc = find_compiler()
     flags = FLAGS + tuple(extra_flags)
     k = cache.key(source, " ".join(flags + LINK_FLAGS), compiler_id(cc), cpu_id(), __version__)
@@ -91,19 +121,21 @@ def build(source: str, extra_flags: tuple = ()) -> Path:
         stats["cache_hits"] += 1
         return so
     with tempfile.TemporaryDirectory(prefix="ember-build-") as tmp:
-        src, obj, out = Path(tmp) / "model.c", Path(tmp) / "model.o", Path(tmp) / "model.so"
-        src.write_text(source)
-        # the program compiles while the micro-kernels' object is found or built (2 cores)
-        job = subprocess.Popen([cc, *flags, "-c", str(src), "-o", str(obj)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+        out, jobs = Path(tmp) / "model.so", []
+        for i, unit in enumerate(split_units(source, _cores())):
+            src, obj = Path(tmp) / f"model{i}.c", Path(tmp) / f"model{i}.o"
+            src.write_text(unit)
+            jobs.append((obj, subprocess.Popen([cc, *flags, "-c", str(src), "-o", str(obj)],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
         try:
             extra = objects_for(source, cc, flags)
         finally:
-            err = job.communicate()[1]
-        proc = subprocess.CompletedProcess(job.args, job.returncode, "", err)
+            errs = [(job.communicate()[1], job.returncode) for _, job in jobs]
+        failed = [e for e, rc in errs if rc != 0]
+        proc = subprocess.CompletedProcess([], 1 if failed else 0, "", failed[0] if failed else "")
         if proc.returncode == 0:
-            proc = subprocess.run([cc, *LINK_FLAGS, str(obj), *map(str, extra), "-o", str(out), "-lm"],
-                                  capture_output=True, text=True)
+            proc = subprocess.run([cc, *LINK_FLAGS, *(str(o) for o, _ in jobs), *map(str, extra),
+                                   "-o", str(out), "-lm"], capture_output=True, text=True)
         if proc.returncode != 0:
             keep = cache.entry(k, ".failed.c")
             keep.write_text(source)

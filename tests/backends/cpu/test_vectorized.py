@@ -36,7 +36,7 @@ MODELS = {
 
 def _kernel_ranges(source: str) -> dict[str, tuple[int, int]]:
     starts = [(m.group(1), source[:m.start()].count("\n") + 1)
-              for m in re.finditer(r"^static void (kernel\d+)\(", source, re.M)]
+              for m in re.finditer(r"^EMBER_KERNEL void (kernel\d+)\(.*\{$", source, re.M)]
     ends = [s for _, s in starts[1:]] + [source.count("\n") + 1]
     return {name: (s, e) for (name, s), e in zip(starts, ends)}
 
