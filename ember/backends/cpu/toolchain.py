@@ -21,6 +21,7 @@ FLAGS = ("-O3", "-march=native", "-fPIC", "-fopenmp", "-ffast-math",
 # constructor turns on flush-to-zero for the whole process (the user's numpy included).
 LINK_FLAGS = ("-shared", "-fopenmp")
 
+MAX_UNITS = 8   # translation units per program at most: each one parses the shared helpers again
 stats = {"compiles": 0, "cache_hits": 0, "objects": 0}  # observed by tests that count compilations
 
 
@@ -122,7 +123,7 @@ def build(source: str, extra_flags: tuple = ()) -> Path:
         return so
     with tempfile.TemporaryDirectory(prefix="ember-build-") as tmp:
         out, jobs = Path(tmp) / "model.so", []
-        for i, unit in enumerate(split_units(source, _cores())):
+        for i, unit in enumerate(split_units(source, min(_cores(), MAX_UNITS))):
             src, obj = Path(tmp) / f"model{i}.c", Path(tmp) / f"model{i}.o"
             src.write_text(unit)
             jobs.append((obj, subprocess.Popen([cc, *flags, "-c", str(src), "-o", str(obj)],
