@@ -5,12 +5,14 @@ after" claim.
 
     flock /tmp/ember-bench.lock .venv/bin/python benchmarks/bench_revs.py 119c607 HEAD \\
         [--rounds 2] [--models MiniLM-L6-v2 b8,ResNet] [--gemm 1024x1024x1024,2048x2048x2048] \\
-        [--conv 64x64x56x3x1,512x512x7x3x1]
+        [--conv 64x64x56x3x1,512x512x7x3x1] [--compile]
 
 Models are bench_suite's cases, chosen by name substring; GEMMs are x[M, K] @ W[K, N]
 with W constant; convs are one PyTorch Conv2d + ReLU layer at batch 1, given as
-CinxCoutxHxKxS (an H x H image, a K x K kernel, stride S, padding K // 2). Everything else the revisions share: this interpreter, torch, the
-compile cache.
+CinxCoutxHxKxS (an H x H image, a K x K kernel, stride S, padding K // 2). ``--compile``
+also times each model's ``ember.compile`` with an empty compile cache (after one compile
+in the same process, so that torch.export's imports are warm). Everything else the
+revisions share: this interpreter, torch, the compile cache.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # see bench_suite.py: sleeping worker threads
@@ -37,7 +40,8 @@ def conv_layer(spec: str):
     return m, torch.randn(1, cin, h, h), 2.0 * cin * cout * k * k * ho * ho / 1e9
 
 
-def worker(tree: str, models: list[str], gemms: list[str], convs: list[str], seconds: float) -> dict:
+def worker(tree: str, models: list[str], gemms: list[str], convs: list[str], seconds: float,
+           compile_times: bool = False) -> dict:
     """Medians (seconds) of one tree's Ember on the chosen workloads, in this process."""
     sys.path[:0] = [tree, str(Path(tree) / "benchmarks")]
     import numpy as np
@@ -46,13 +50,24 @@ def worker(tree: str, models: list[str], gemms: list[str], convs: list[str], sec
     from ember.ir import Graph, TensorType, dtypes
     from ember.timing import measure
 
-    calls = {}
+    calls, cold = {}, {}
     for name, build in bench_suite.cases(False):
         if any(m in name for m in models):
             model, ins, _ = build()
             c = ember.compile(model, ins)
             feed = [i.numpy() for i in ins]
             calls[name] = (lambda c=c, feed=feed: c.run_numpy(feed))
+            if compile_times:
+                shared = os.environ.get("EMBER_CACHE_DIR")
+                with tempfile.TemporaryDirectory() as empty:
+                    os.environ["EMBER_CACHE_DIR"] = empty
+                    t0 = time.perf_counter()
+                    ember.compile(model, ins)
+                    cold[f"compile {name}"] = time.perf_counter() - t0
+                if shared is None:
+                    del os.environ["EMBER_CACHE_DIR"]
+                else:
+                    os.environ["EMBER_CACHE_DIR"] = shared
     rng = np.random.default_rng(0)
     for shape in gemms:
         m, n, k = map(int, shape.split("x"))
@@ -66,13 +81,15 @@ def worker(tree: str, models: list[str], gemms: list[str], convs: list[str], sec
         c, xn = ember.compile(m, (x,)), x.numpy()
         calls[f"conv {spec}"] = (lambda c=c, xn=xn: c.run_numpy([xn]))
     r = measure(calls, rounds=60, max_seconds=seconds)
-    return {name: v["median"] for name, v in r.items()}
+    return {**{name: v["median"] for name, v in r.items()}, **cold}
 
 
 def show(name: str, seconds: float) -> str:
     if name.startswith("GEMM "):
         m, n, k = map(int, name[5:].split("x"))
         return f"{2 * m * n * k / seconds / 1e9:.0f} GFLOP/s"
+    if name.startswith("compile "):
+        return f"{seconds:.1f} s"
     if name.startswith("conv "):
         return f"{seconds * 1e6:.0f} us ({conv_layer(name[5:])[2] / seconds:.0f} GFLOP/s)"
     return f"{seconds * 1e3:.2f} ms"
@@ -86,6 +103,7 @@ def main():
                     help="comma-separated substrings of bench_suite's model names")
     ap.add_argument("--gemm", default="1024x1024x1024,2048x2048x2048", help="comma-separated MxNxK")
     ap.add_argument("--conv", default="", help="comma-separated CinxCoutxHxKxS conv + ReLU layers")
+    ap.add_argument("--compile", action="store_true", help="also time ember.compile with an empty cache")
     ap.add_argument("--seconds", type=float, default=10.0, help="time cap per process")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -93,7 +111,7 @@ def main():
     gemms = [s for s in args.gemm.split(",") if s]
     convs = [s for s in args.conv.split(",") if s]
     if args.worker:
-        print(json.dumps(worker(args.worker, models, gemms, convs, args.seconds)))
+        print(json.dumps(worker(args.worker, models, gemms, convs, args.seconds, args.compile)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         trees = {}
@@ -107,7 +125,7 @@ def main():
                 for rev, tree in trees.items():
                     out = subprocess.run([sys.executable, __file__, *args.revs, "--worker", tree,
                                           "--models", args.models, "--gemm", args.gemm, "--conv", args.conv,
-                                          "--seconds", str(args.seconds)],
+                                          "--seconds", str(args.seconds)] + ["--compile"] * args.compile,
                                          check=True, capture_output=True, text=True).stdout
                     results[rev].append(json.loads(out.strip().splitlines()[-1]))
         finally:

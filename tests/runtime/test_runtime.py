@@ -154,7 +154,8 @@ def test_a_program_builds_as_one_translation_unit_or_one_per_core(cores, monkeyp
     monkeypatch.setattr(toolchain, "_cores", lambda: cores)
     g = Graph()
     x = g.add_input("x", TensorType(F32, (sym("batch"), 16)))
-    h = g.op("gelu", [g.op("linear", [x, g.add_const(np.ones((8, 16), np.float32), "w")])])
+    w = np.random.default_rng(2).standard_normal((8, 16)).astype(np.float32)
+    h = g.op("gelu", [g.op("linear", [x, g.add_const(w, "w")])])
     y = g.op("softmax", [h], {"axis": -1})
     g.outputs = [g.op("add", [y, g.op("mean", [x], {"axes": [-1], "keepdims": True})])]
     cm = ember.compile(g, opt_level=0)
@@ -164,3 +165,17 @@ def test_a_program_builds_as_one_translation_unit_or_one_per_core(cores, monkeyp
         assert sum(len(re.findall(rf"^EMBER_KERNEL void kernel{k}\(.*\{{$", u, re.M)) for u in units) == 1
     xs = np.random.default_rng(3).standard_normal((5, 16)).astype(np.float32)
     np.testing.assert_allclose(cm(xs), interpret(g, [xs])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_generated_code_the_compiler_rejects_is_a_clear_error_and_kept(monkeypatch, tmp_path):
+    # one of two translation units fails: the error names the kept source, gcc's message
+    # follows, and nothing broken lands in the cache
+    from ember.backends.cpu.codegen import UNIT
+    from ember.errors import CompileError
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(toolchain, "_cores", lambda: 2)
+    source = f"#define EMBER_OK 1\n{UNIT}\nint fine(void) {{ return 1; }}\n{UNIT}\nint broken(void) {{ return }}\n{UNIT}\n"
+    assert len(toolchain.split_units(source, 2)) == 2
+    with pytest.raises(CompileError, match=r"rejected generated code.*\.failed\.c(.|\n)*error"):
+        toolchain.build(source)
+    assert list(tmp_path.glob("*/*.failed.c")) and not list(tmp_path.glob("*/*.so"))

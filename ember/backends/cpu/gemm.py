@@ -13,7 +13,8 @@
   matrix for every batch entry or one per entry (``Bp[b][j / 16][k][j % 16]``); an
   activation B (attention's Q@K^T, P@V) is packed per task on the fly.
 * Blocking: K in blocks of at most KC (the B micro-panel, KC x NR, is read from L2, a
-  prefetch ahead, by each row tile of the task; its MC rows of A stay in L2); tasks of (batch, MC rows, NC columns) go to OpenMP, NC
+  prefetch ahead, by each row tile of the task; its MC rows of A stay in L2); tasks of
+  (batch, MC rows, NC columns) go to OpenMP, NC
   at most NC_MAX (a task's B block stays in L2: 2048^3 went 230 -> 265 GFLOP/s), then NC
   and MC halved until there are TASKS_WANTED of them.
   Partial sums over K blocks accumulate in C (when C is float32; otherwise K is one
@@ -47,7 +48,7 @@ from ...lower.packing import ImageOperand
 MR, NR = 6, 16
 MR_AVX512 = 12       # rows of the AVX-512 micro-tile (EMBER_MR in the C)
 KC = 512             # K block: fewer blocks, fewer round trips of C's partial sums (Zen 4: 256 -> 512 took 1024^3 167 -> 182 GFLOP/s)
-MC_PACKED = 96       # rows per task with a pre-packed B (A block 96 x 256 floats in L2)
+MC_PACKED = 96       # rows per task with a pre-packed B (A block 96 x KC floats in L2)
 MC_ONTHEFLY = 192    # larger when B is packed per task, so packing is a smaller share
 PARALLEL_MACS = 1 << 17  # multiply-adds below which a GEMM stays on one thread
 TASKS_WANTED = 16    # split N, then M, until there are this many tasks (load balance on few cores)
@@ -361,8 +362,8 @@ LINK_MARK = "/* ember: links the GEMM micro-kernels (gemm.ukr_source) */"
 def ukr_source() -> str:
     """The micro-kernels and their dispatcher as a translation unit of their own: compiled
     once per compiler, flags and CPU, cached, and linked into every program with a GEMM
-    (toolchain.build). They are the same for every program and most of its compile time
-    (ResNet-18: about 6 of its 7 s of gcc)."""
+    (toolchain.build): they are the same for every program, so no program compiles them
+    again."""
     avx512 = "".join(_ukr_avx512(m, p) for m in range(1, MR_AVX512 + 1) for p in (1, 2)) + _dispatch(MR_AVX512, True)
     avx = "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _dispatch(MR, False)
     portable = "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _dispatch(MR, False)
@@ -486,7 +487,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     # A's rows are read in place, MR of them at once; when their stride is a multiple of 4 KiB
     # they fall in one L1 set (8 ways on Zen 4) and evict each other every k step.
     # Such an A is copied once per call to rows one cache line further apart.
-    L.append(f"  const int64_t ars = K + 16;")
+    L.append("  const int64_t ars = K + 16;")
     L.append(f"  float *afull = sak == 1 && sam % 1024 == 0 && M > EMBER_MR && n16 >= 64 && "
              f"nbatch * M * ars <= {PREPACK_MAX} ? (float *)aligned_alloc(64, sizeof(float) * nbatch * M * ars) : NULL;")
     body.append("  if (afull) {")

@@ -131,17 +131,17 @@ def build(source: str, extra_flags: tuple = ()) -> Path:
         try:
             extra = objects_for(source, cc, flags)
         finally:
-            errs = [(job.communicate()[1], job.returncode) for _, job in jobs]
-        failed = [e for e, rc in errs if rc != 0]
-        proc = subprocess.CompletedProcess([], 1 if failed else 0, "", failed[0] if failed else "")
-        if proc.returncode == 0:
-            proc = subprocess.run([cc, *LINK_FLAGS, *(str(o) for o, _ in jobs), *map(str, extra),
+            stderrs = [job.communicate()[1] for _, job in jobs]
+        errors = [err for (_, job), err in zip(jobs, stderrs) if job.returncode]
+        if not errors:
+            link = subprocess.run([cc, *LINK_FLAGS, *(str(o) for o, _ in jobs), *map(str, extra),
                                    "-o", str(out), "-lm"], capture_output=True, text=True)
-        if proc.returncode != 0:
+            errors = [link.stderr] if link.returncode else []
+        if errors:
             keep = cache.entry(k, ".failed.c")
             keep.write_text(source)
             raise CompileError(f"the C compiler rejected generated code (an Ember bug; please "
-                               f"report it with {keep}):\n{proc.stderr[-4000:]}")
+                               f"report it with {keep}):\n{errors[0][-4000:]}")
         stats["compiles"] += 1
         cache.atomic_write(so, out.read_bytes())
         cache.atomic_write(cache.entry(k, ".c"), source.encode())
