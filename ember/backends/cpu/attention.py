@@ -152,7 +152,24 @@ _DOT4_PORTABLE = r"""static inline void ember_att_dot4(int64_t D, const float *r
 }
 """
 
-_AVX = ("#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n" + _DOT4_AVX +
+# The 16-lane path moves data between rows of q, the mask, the output and the lane-major
+# scratch (queries in lanes): with AVX-512 each such column of 16 is one gather instead of
+# 16 scalar moves (the output store, the mask and q were about a fifth of a MiniLM layer's
+# attention on a Xeon); strides that do not fit an int32 index, and other targets, take the
+# scalar loops.
+_GATHER = r"""#if defined(__AVX512F__)
+#define EMBER_ATT_GATHER 1
+/* v[i] = p[i * stride] for i < n (n <= 16), 0 in the other lanes */
+static inline __m512 ember_att_gather16(const float *p, int64_t stride, int64_t n) {
+  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                         _mm512_set1_epi32((int)stride));
+  return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), (__mmask16)((1u << n) - 1), idx, p, 4);
+}
+static inline int ember_att_gatherable(int64_t stride) { return stride >= 0 && stride < (1 << 26); }
+#endif
+"""
+
+_AVX = ("#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n" + _DOT4_AVX + _GATHER +
         "#if defined(__AVX512F__)\n" + "".join(_ukr_avx512(m) for m in range(1, MR_AVX512 + 1)) + _mm(MR_AVX512) +
         "#else\n" + "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _mm(MR) + "#endif\n" +
         "#else\n" + "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _DOT4_PORTABLE + _mm(MR) + "#endif\n")
@@ -214,6 +231,13 @@ static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, floa
   const int64_t D = A->d, Dv = A->dv, Sk = A->sk;
   float *restrict qt = ws, *restrict s = qt + 16 * D, *restrict acc = s + EMBER_ATT_KB * 16;
   float *restrict m = acc + 16 * Dv, *restrict l = m + 16, *restrict alpha = l + 16, *restrict shift = alpha + 16;
+#ifdef EMBER_ATT_GATHER
+  if (ember_att_gatherable(A->qs))
+    for (int64_t d = 0; d < D; d++)
+      _mm512_storeu_ps(qt + 16 * d, _mm512_mul_ps(ember_att_gather16(A->q + i0 * A->qs + d * A->qd, A->qs, nq),
+                                                  _mm512_set1_ps(A->scale)));
+  else
+#endif
   for (int64_t d = 0; d < D; d++)
     for (int i = 0; i < 16; i++) qt[16 * d + i] = i < nq ? A->q[(i0 + i) * A->qs + d * A->qd] * A->scale : 0.0f;
   for (int i = 0; i < 16; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
@@ -226,8 +250,19 @@ static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, floa
     ember_att_mm(nk, D, A->k + k0 * A->ks, A->ks, A->kd, qt, s, NULL);   /* s[j][i] */
     if (A->mask) {
       const float *mk = A->mask + i0 * A->ms + k0 * A->mk;
-      for (int64_t j = 0; j < nk; j++)
-        for (int64_t i = 0; i < nq; i++) s[16 * j + i] += mk[i * A->ms + j * A->mk];
+      if (A->ms == 0)   /* one mask row for all queries (a padding mask): a broadcast per key */
+        for (int64_t j = 0; j < nk; j++) {
+          const float mj = mk[j * A->mk];
+          for (int i = 0; i < 16; i++) s[16 * j + i] += mj;
+        }
+#ifdef EMBER_ATT_GATHER
+      else if (ember_att_gatherable(A->ms))
+        for (int64_t j = 0; j < nk; j++)
+          _mm512_storeu_ps(s + 16 * j, _mm512_add_ps(_mm512_loadu_ps(s + 16 * j), ember_att_gather16(mk + j * A->mk, A->ms, nq)));
+#endif
+      else
+        for (int64_t j = 0; j < nk; j++)
+          for (int64_t i = 0; i < nq; i++) s[16 * j + i] += mk[i * A->ms + j * A->mk];
     }
     if (A->causal && k0 + nk - 1 > i0 + off)   /* the block crosses the diagonal */
       for (int64_t j = 0; j < nk; j++)
@@ -253,7 +288,12 @@ static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, floa
   for (int i = 0; i < 16; i++) scale[i] = A->safe && m[i] == -INFINITY ? 0.0f : 1.0f / l[i];
   for (int64_t i = 0; i < nq; i++) {
     float *o = A->out + (i0 + i) * Dv;
-    for (int64_t c = 0; c < Dv; c++) o[c] = acc[16 * c + i] * scale[i];
+    int64_t c = 0;
+#ifdef EMBER_ATT_GATHER
+    for (; c + 16 <= Dv; c += 16)   /* acc is [Dv][16]: a row of the output is a column of it */
+      _mm512_storeu_ps(o + c, _mm512_mul_ps(ember_att_gather16(acc + 16 * c + i, 16, 16), _mm512_set1_ps(scale[i])));
+#endif
+    for (; c < Dv; c++) o[c] = acc[16 * c + i] * scale[i];
   }
 }
 """
