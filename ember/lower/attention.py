@@ -17,7 +17,7 @@ from .loop_ir import Buffer, Operand, Template
 @dataclass
 class Attention(Template):
     name: str
-    out: Buffer             # contiguous [batch..., Sq, Dv]
+    out: Buffer             # [batch..., Sq, Dv] at out_strides
     shape: tuple
     batch: tuple
     Sq: Dim
@@ -31,6 +31,7 @@ class Attention(Template):
     scale: float
     causal: bool            # key j hidden from query i when j > i + Sk - Sq
     safe: bool              # a fully masked row gives zeros (else NaN, as the reference)
+    out_strides: tuple | None = None   # (batch..., Sq, Dv) strides of out; None: contiguous
 
     def inputs(self) -> list:
         ops = (self.q, self.k, self.v) + ((self.mask,) if self.mask is not None else ())

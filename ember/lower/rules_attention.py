@@ -41,11 +41,24 @@ def _fused(lw, n, r):
     batch = tuple(out.shape[:-2])
     sq, sk, d, dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
     ops = [_operand(lw, x, batch + s) for x, s in zip(r, [(sq, d), (sk, d), (sk, dv), (sq, sk)])]
+    # heads inner: [b, h, Sq, Dv] is stored as [b, Sq, h, Dv], the layout the next projection
+    # reads after the model transposes the heads back, so that transpose costs no copy
+    # (a graph output keeps the layout its caller gets)
+    strides = None
+    if len(batch) >= 2 and id(out) not in lw.out_slot:
+        h = batch[-1]
+        strides = [0] * len(batch) + [h * dv, 1]
+        strides[-3] = dv
+        span = sq * h * dv
+        for i in reversed(range(len(batch) - 1)):
+            strides[i] = span
+            span = span * batch[i]
+        strides = tuple(strides)
     buf = lw.temp(out.dtype, out.shape, out)
     lw.prog.kernels.append(Attention(lw._name("k"), buf, tuple(out.shape), batch, sq, sk, d, dv,
                                      ops[0], ops[1], ops[2], ops[3] if len(ops) > 3 else None,
-                                     float(a["scale"]), bool(a["causal"]), bool(a["safe"])))
-    return View(buf, out.shape)
+                                     float(a["scale"]), bool(a["causal"]), bool(a["safe"]), strides))
+    return View(buf, out.shape, strides)
 
 
 def _unfused(lw, n, r):

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from ...ir.symbolic import prod
 from ...lower.attention import Attention
+from ...lower.loop_ir import Operand
+from ...lower.lowering import contiguous_strides
 from .codegen import c_dim, c_literal, template
 from .gemm import PARALLEL_MACS
 
@@ -48,7 +50,7 @@ _COMMON = f"""/* fused attention (backends/cpu/attention.py) */
 """ + r"""typedef struct {
   const float *q, *k, *v, *mask; float *out;
   int64_t sq, sk, d, dv;
-  int64_t qs, qd, ks, kd, vs, vd, ms, mk;  /* strides: q rows/cols, k, v, mask query/key */
+  int64_t qs, qd, ks, kd, vs, vd, ms, mk, os;  /* strides: q rows/cols, k, v, mask query/key, out rows */
   float scale; int causal, safe;
 } ember_att_args;
 """
@@ -220,7 +222,7 @@ static void ember_att_row(const ember_att_args *A, int64_t i, float *restrict ws
       for (int64_t c = 0; c < Dv; c++) acc[c] += s[j] * vb[j * vs + c * vd];
   }
   const float scale = A->safe && m == -INFINITY ? 0.0f : 1.0f / l;
-  for (int64_t c = 0; c < Dv; c++) A->out[i * Dv + c] = acc[c] * scale;
+  for (int64_t c = 0; c < Dv; c++) A->out[i * A->os + c] = acc[c] * scale;
 }
 /* out rows i0 .. i0+nq-1 (nq <= 16) of one batch/head; ws holds ember_att_scratch floats */
 static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, float *restrict ws) {
@@ -287,7 +289,7 @@ static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, floa
   float scale[16];
   for (int i = 0; i < 16; i++) scale[i] = A->safe && m[i] == -INFINITY ? 0.0f : 1.0f / l[i];
   for (int64_t i = 0; i < nq; i++) {
-    float *o = A->out + (i0 + i) * Dv;
+    float *o = A->out + (i0 + i) * A->os;
     int64_t c = 0;
 #ifdef EMBER_ATT_GATHER
     for (; c + 16 <= Dv; c += 16)   /* acc is [Dv][16]: a row of the output is a column of it */
@@ -305,7 +307,9 @@ PRELUDE = _COMMON + _AVX + _DRIVER
 @template(Attention, prelude=PRELUDE)
 def print_attention(k: Attention, params, printer) -> str:
     nb = len(k.batch)
-    ops = [("q", k.q), ("k", k.k), ("v", k.v)] + ([("m", k.mask)] if k.mask is not None else [])
+    ost = k.out_strides or contiguous_strides(tuple(k.batch) + (k.Sq, k.Dv))
+    ops = [("q", k.q), ("k", k.k), ("v", k.v)] + ([("m", k.mask)] if k.mask is not None else []) + \
+        [("o", Operand(k.out, 0, ost))]
     L = [f"  const int64_t Sq = {c_dim(k.Sq)}, Sk = {c_dim(k.Sk)}, D = {c_dim(k.D)}, Dv = {c_dim(k.Dv)};",
          f"  const int64_t nbatch = {c_dim(prod(k.batch))}, nqb = (Sq + {QB - 1}) / {QB};",
          "  if (nbatch == 0 || Sq == 0 || Dv == 0) return;",
@@ -328,8 +332,8 @@ def print_attention(k: Attention, params, printer) -> str:
     ms, mk = st["m"] if k.mask is not None else ("0", "0")
     L += ["      const ember_att_args a = {",
           f"        {params[k.q.buf]} + {' + '.join(offs['q'])}, {params[k.k.buf]} + {' + '.join(offs['k'])},",
-          f"        {params[k.v.buf]} + {' + '.join(offs['v'])}, {mask}, {params[k.out]} + bi * Sq * Dv,",
-          f"        Sq, Sk, D, Dv, {', '.join(st['q'])}, {', '.join(st['k'])}, {', '.join(st['v'])}, {ms}, {mk},",
+          f"        {params[k.v.buf]} + {' + '.join(offs['v'])}, {mask}, {params[k.out]} + {' + '.join(offs['o'])},",
+          f"        Sq, Sk, D, Dv, {', '.join(st['q'])}, {', '.join(st['k'])}, {', '.join(st['v'])}, {ms}, {mk}, {st['o'][0]},",
           f"        {c_literal(k.scale, k.q.buf.dtype)}, {int(k.causal)}, {int(k.safe)}}};",
           f"      ember_att_rows(&a, qb * {QB}, ember_min64({QB}, Sq - qb * {QB}), ws);",
           "    }",

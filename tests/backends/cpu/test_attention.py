@@ -168,3 +168,24 @@ def test_masks_of_other_ranks_and_broadcasts(shape):
         m = rand(*[env[str(d)] if not isinstance(d, int) else d for d in shape], scale=2.0)
         sets.append(inputs(b, sq, sk, 3) + [m])
     check(g, sets)
+
+
+@pytest.mark.parametrize("d", [3, 16, 32])
+def test_heads_inner_output_feeds_the_next_projection_without_a_copy(d):
+    # [b, h, s, d] -> transpose -> [b, s, h * d] -> linear: the kernel stores its output heads
+    # inner, so the transposed view is contiguous and the GEMM reads it in place
+    g = Graph()
+    ins = [g.add_input(n, TensorType(F32, (B, H, SQ, d))) for n in "qkv"]
+    mask = g.add_input("mask", TensorType(F32, (B, 1, 1, SQ)))
+    att = g.op("attention", ins + [mask], {"scale": d ** -0.5, "causal": False, "safe": True})
+    t = g.op("reshape", [g.op("permute", [att], {"perm": (0, 2, 1, 3)})], {"shape": (B, SQ, H * d)})
+    w = g.add_const(rand(5, H * d), "w")
+    g.outputs = [g.op("linear", [t, w])]
+    kernels = lower(g).kernels
+    assert [type(k).__name__ for k in kernels] == ["Attention", "Matmul"]
+    assert kernels[0].out_strides is not None
+    sets = []
+    for b, sq, _ in SIZES[:8]:
+        q, k, v = (rand(b, H, sq, d, scale=1.5) for _ in range(3))
+        sets.append([q, k, v, _pad_mask(b, sq, -1e9)])
+    check(g, sets)
