@@ -5,14 +5,17 @@ after" claim.
 
     flock /tmp/ember-bench.lock .venv/bin/python benchmarks/bench_revs.py 119c607 HEAD \\
         [--rounds 2] [--models MiniLM-L6-v2 b8,ResNet] [--gemm 1024x1024x1024,2048x2048x2048] \\
-        [--conv 64x64x56x3x1,512x512x7x3x1] [--compile]
+        [--conv 64x64x56x3x1,512x512x7x3x1] [--compile] [--paired]
 
 Models are bench_suite's cases, chosen by name substring; GEMMs are x[M, K] @ W[K, N]
 with W constant; convs are one PyTorch Conv2d + ReLU layer at batch 1, given as
 CinxCoutxHxKxS (an H x H image, a K x K kernel, stride S, padding K // 2). ``--compile``
 also times each model's ``ember.compile`` with an empty compile cache (after one compile
 in the same process, so that torch.export's imports are warm). Everything else the
-revisions share: this interpreter, torch, the compile cache.
+revisions share: this interpreter, torch, the compile cache. ``--paired`` (for changes of a
+few percent, which whole-process alternation cannot resolve on a noisy machine): each
+revision's process only compiles and saves artifacts; this process loads them all and calls
+them in turn, and reports per-round time ratios against the first revision.
 """
 from __future__ import annotations
 
@@ -40,23 +43,21 @@ def conv_layer(spec: str):
     return m, torch.randn(1, cin, h, h), 2.0 * cin * cout * k * k * ho * ho / 1e9
 
 
-def worker(tree: str, models: list[str], gemms: list[str], convs: list[str], seconds: float,
-           compile_times: bool = False) -> dict:
-    """Medians (seconds) of one tree's Ember on the chosen workloads, in this process."""
+def build(tree: str, models: list[str], gemms: list[str], convs: list[str],
+          compile_times: bool = False) -> tuple[dict, dict]:
+    """One tree's Ember compiles of the chosen workloads, in this process: ({name: (compiled,
+    numpy inputs)}, {"compile NAME": seconds with an empty cache})."""
     sys.path[:0] = [tree, str(Path(tree) / "benchmarks")]
     import numpy as np
     import bench_suite
     import ember
     from ember.ir import Graph, TensorType, dtypes
-    from ember.timing import measure
 
-    calls, cold = {}, {}
-    for name, build in bench_suite.cases(False):
+    built, cold = {}, {}
+    for name, make in bench_suite.cases(False):
         if any(m in name for m in models):
-            model, ins, _ = build()
-            c = ember.compile(model, ins)
-            feed = [i.numpy() for i in ins]
-            calls[name] = (lambda c=c, feed=feed: c.run_numpy(feed))
+            model, ins, _ = make()
+            built[name] = (ember.compile(model, ins), [i.numpy() for i in ins])
             if compile_times:
                 shared = os.environ.get("EMBER_CACHE_DIR")
                 with tempfile.TemporaryDirectory() as empty:
@@ -74,14 +75,66 @@ def worker(tree: str, models: list[str], gemms: list[str], convs: list[str], sec
         g = Graph()
         x = g.add_input("x", TensorType(dtypes.f32, (m, k)))
         g.outputs = [g.op("matmul", [x, g.add_const(rng.standard_normal((k, n)).astype(np.float32), "w")])]
-        c, xn = ember.compile(g), rng.standard_normal((m, k)).astype(np.float32)
-        calls[f"GEMM {shape}"] = (lambda c=c, xn=xn: c.run_numpy([xn]))
+        built[f"GEMM {shape}"] = (ember.compile(g), [rng.standard_normal((m, k)).astype(np.float32)])
     for spec in convs:
         m, x, _ = conv_layer(spec)
-        c, xn = ember.compile(m, (x,)), x.numpy()
-        calls[f"conv {spec}"] = (lambda c=c, xn=xn: c.run_numpy([xn]))
+        built[f"conv {spec}"] = (ember.compile(m, (x,)), [x.numpy()])
+    return built, cold
+
+
+def worker(tree: str, models: list[str], gemms: list[str], convs: list[str], seconds: float,
+           compile_times: bool = False) -> dict:
+    """Medians (seconds) of one tree's Ember on the chosen workloads, in this process."""
+    built, cold = build(tree, models, gemms, convs, compile_times)
+    from ember.timing import measure
+    calls = {name: (lambda c=c, feed=feed: c.run_numpy(feed)) for name, (c, feed) in built.items()}
     r = measure(calls, rounds=60, max_seconds=seconds)
     return {**{name: v["median"] for name, v in r.items()}, **cold}
+
+
+def save_worker(tree: str, models: list[str], gemms: list[str], convs: list[str], out: str) -> None:
+    """--paired: one tree's compiles saved as artifacts (out/<i>.ember, inputs in out/<i>.npz)."""
+    import numpy as np
+    built, _ = build(tree, models, gemms, convs)
+    names = []
+    for i, (name, (c, feed)) in enumerate(built.items()):
+        c.save(str(Path(out) / f"{i}.ember"))
+        np.savez(Path(out) / f"{i}.npz", *feed)
+        names.append(name)
+    (Path(out) / "names.json").write_text(json.dumps(names))
+
+
+def paired(revs: list[str], dirs: dict, seconds: float) -> list[str]:
+    """Every revision's artifacts loaded into this process and called in turn, round after
+    round: slow phases of a shared machine hit all revisions alike, and the per-round time
+    ratio against the first revision cancels them. Rows of the markdown table."""
+    import statistics
+    import numpy as np
+    sys.path.insert(0, str(REPO))
+    import ember
+    names = json.loads((Path(dirs[revs[0]]) / "names.json").read_text())
+    rows = []
+    for i, name in enumerate(names):
+        calls = []
+        for rev in revs:
+            d = np.load(Path(dirs[rev]) / f"{i}.npz")
+            calls.append((ember.load(str(Path(dirs[rev]) / f"{i}.ember")), [d[f"arr_{j}"] for j in range(len(d.files))]))
+        for m, feed in calls * 3:   # warm up
+            m.run_numpy(feed)
+        times = [[] for _ in revs]
+        start = time.perf_counter()
+        while len(times[0]) < 20 or (time.perf_counter() - start < seconds and len(times[0]) < 2000):
+            for t, (m, feed) in zip(times, calls):
+                t0 = time.perf_counter()
+                m.run_numpy(feed)
+                t.append(time.perf_counter() - t0)
+        cells = []
+        for t in times:
+            q = statistics.quantiles([a / b for a, b in zip(t, times[0])], n=4)
+            cells.append(f"{show(name, statistics.median(t))}, x{q[1]:.3f} ({q[0]:.3f}-{q[2]:.3f})")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        print(rows[-1], flush=True)
+    return rows
 
 
 def show(name: str, seconds: float) -> str:
@@ -105,11 +158,18 @@ def main():
     ap.add_argument("--conv", default="", help="comma-separated CinxCoutxHxKxS conv + ReLU layers")
     ap.add_argument("--compile", action="store_true", help="also time ember.compile with an empty cache")
     ap.add_argument("--seconds", type=float, default=10.0, help="time cap per process")
+    ap.add_argument("--paired", action="store_true",
+                    help="time every revision's compiled artifacts in one process, call by call, "
+                         "and report each one's time ratio to the first revision's in the same round")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--save", help=argparse.SUPPRESS)
     args = ap.parse_args()
     models = [m for m in args.models.split(",") if m]
     gemms = [s for s in args.gemm.split(",") if s]
     convs = [s for s in args.conv.split(",") if s]
+    if args.worker and args.save:
+        save_worker(args.worker, models, gemms, convs, args.save)
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, models, gemms, convs, args.seconds, args.compile)))
         return
@@ -121,7 +181,16 @@ def main():
             trees[rev] = tree
         results = {rev: [] for rev in args.revs}
         try:
-            for _ in range(args.rounds):
+            if args.paired:
+                dirs = {}
+                for i, (rev, tree) in enumerate(trees.items()):
+                    dirs[rev] = str(Path(tmp) / f"art{i}")
+                    os.makedirs(dirs[rev])
+                    subprocess.run([sys.executable, __file__, *args.revs, "--worker", tree, "--save", dirs[rev],
+                                    "--models", args.models, "--gemm", args.gemm, "--conv", args.conv],
+                                   check=True, capture_output=True, text=True)
+                rows = paired(args.revs, dirs, args.seconds)
+            for _ in range(0 if args.paired else args.rounds):
                 for rev, tree in trees.items():
                     out = subprocess.run([sys.executable, __file__, *args.revs, "--worker", tree,
                                           "--models", args.models, "--gemm", args.gemm, "--conv", args.conv,
@@ -131,13 +200,17 @@ def main():
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", tree], check=False)
-    names = list(results[args.revs[0]][0])
-    lines = [f"`python benchmarks/bench_revs.py {' '.join(args.revs)}`: Ember at each revision, "
-             f"{args.rounds} alternating processes each, the median of each process.", "",
-             "| workload | " + " | ".join(args.revs) + " |", "|---|" + "---|" * len(args.revs)]
-    for name in names:
-        cells = [" / ".join(show(name, r[name]) for r in results[rev]) for rev in args.revs]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    head = ["| workload | " + " | ".join(args.revs) + " |", "|---|" + "---|" * len(args.revs)]
+    if args.paired:
+        lines = [f"`python benchmarks/bench_revs.py {' '.join(args.revs)} --paired`: each revision's "
+                 "artifacts called in turn in one process; median time, then the median (quartiles) "
+                 f"of the per-round time ratio to {args.revs[0]} (below 1: faster).", ""] + head + rows
+    else:
+        lines = [f"`python benchmarks/bench_revs.py {' '.join(args.revs)}`: Ember at each revision, "
+                 f"{args.rounds} alternating processes each, the median of each process.", ""] + head
+        for name in list(results[args.revs[0]][0]):
+            cells = [" / ".join(show(name, r[name]) for r in results[rev]) for rev in args.revs]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     out = REPO / "benchmarks" / "results" / "revs.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines) + f"\nwrote {out}")
