@@ -4,11 +4,11 @@ Both transforms work on eight channels at once, one per SIMD lane (GCC vector ex
 so the same C builds with or without AVX2), because the GEMM between them reads and writes
 channels contiguously (V[p, t, c], M[p, t, o]):
 
-* Input: eight channels of one image are interleaved into a zero-padded scratch
+* Input: eight channels of one image at a time are interleaved into a zero-padded scratch
   ``s[row][col][8]`` by 8 x 8 transposes (8 channels x 8 columns). A tile's 6x6 patch is then
-  36 contiguous loads; it goes through B^T on its columns, then on its rows, and its 36
-  vectors are contiguous stores to V[p, t, c0..c0+8]. A task takes 16 channels, so each
-  64-byte line of V is written by one core.
+  36 contiguous loads; it goes through B^T on its columns, then on its rows. A task takes
+  16 channels (two scratches) and stores both groups' 36 vectors of a tile side by side, so
+  each 64-byte line of V is written by one core, at once.
 * Output: per tile, the 36 vectors M[p, t, o0..o0+8] go through A^T on columns and rows;
   8 x 8 transposes turn eight tiles' 4x4 results into rows of pixels per channel, and each
   row segment is stored through the epilogue (bias, fused ReLU/residual) in a loop over
@@ -100,17 +100,12 @@ static inline void ember_w8_transpose(ember_w8 r[8]) {
   EMBER_HALVES(0, 0) EMBER_HALVES(1, 2) EMBER_HALVES(2, 1) EMBER_HALVES(3, 3)
 #undef EMBER_HALVES
 }
-/* scratch floats of the input transform: the zero-padded image, 8 channels per pixel */
-static inline int64_t ember_wino_scratch(int64_t nth, int64_t ntw) { return (4 * nth + 2) * (4 * ntw + 2) * 8; }
-/* V[p][t][c0 + cc] (positions ps apart, tiles C apart) of every tile of nc <= 8 channels
-   x[cc][H][W] (channels HW apart) of one image. The channels are first interleaved into the
-   padded scratch s[row][col][8] by 8 x 8 transposes (8 channels x 8 columns); then each tile's
-   6x6 patch is 36 contiguous loads with a channel per lane, and its 36 transformed vectors
-   are contiguous stores to V. */
-static void ember_wino_in(const float *restrict x, int64_t HW, int64_t nc, int64_t H, int64_t W,
-    int64_t ph, int64_t pw, int64_t nth, int64_t ntw, float *restrict s, float *restrict v, int64_t ps,
-    int64_t C) {
-  const int64_t R = 4 * nth + 2, U = 4 * ntw + 2;
+/* scratch floats of the input transform: two zero-padded images of 8 channels per pixel */
+static inline int64_t ember_wino_scratch(int64_t nth, int64_t ntw) { return 2 * (4 * nth + 2) * (4 * ntw + 2) * 8; }
+/* nc <= 8 channels x[cc][H][W] (channels HW apart) interleaved into the padded scratch
+   s[row][col][8] (R x U pixels) by 8 x 8 transposes (8 channels x 8 columns) */
+static void ember_wino_interleave(const float *restrict x, int64_t HW, int64_t nc, int64_t H, int64_t W,
+    int64_t ph, int64_t pw, int64_t R, int64_t U, float *restrict s) {
   for (int64_t r = 0; r < R; r++) {  /* zero the padding; the image overwrites the rest */
     float *sr = s + r * U * 8;
     if (r < ph || r - ph >= H) { memset(sr, 0, sizeof(float) * U * 8); continue; }
@@ -127,16 +122,37 @@ static void ember_wino_in(const float *restrict x, int64_t HW, int64_t nc, int64
       float *sr = s + ((h + ph) * U + w0 + pw) * 8;
       for (int64_t l = 0; l < nw; l++) memcpy(sr + 8 * l, &r[l], sizeof r[l]);
     }
+}
+/* V[p][t][c0 + cc] (positions ps apart, tiles C apart) of every tile of nc <= 16 channels of
+   one image. Each group of 8 channels is interleaved into its own scratch; then each tile's
+   6x6 patch is 36 contiguous loads per group with a channel per lane, and the two groups'
+   transformed vectors are stored side by side: every position of a tile is one whole 64-byte
+   store run, not two halves written at different times (each half a cache-line miss of V,
+   whose 36 positions lie a plane apart). */
+static void ember_wino_in(const float *restrict x, int64_t HW, int64_t nc, int64_t H, int64_t W,
+    int64_t ph, int64_t pw, int64_t nth, int64_t ntw, float *restrict s, float *restrict v, int64_t ps,
+    int64_t C) {
+  const int64_t R = 4 * nth + 2, U = 4 * ntw + 2, ng = nc > 8 ? 2 : 1;
+  for (int64_t g = 0; g < ng; g++)
+    ember_wino_interleave(x + 8 * g * HW, HW, ember_min64(8, nc - 8 * g), H, W, ph, pw, R, U, s + g * R * U * 8);
   for (int64_t th = 0; th < nth; th++)
     for (int64_t tw = 0; tw < ntw; tw++) {
-      ember_w8 d[36], t[36];
-      for (int i = 0; i < 6; i++)
-        for (int j = 0; j < 6; j++) memcpy(&d[6 * i + j], s + ((4 * th + i) * U + 4 * tw + j) * 8, sizeof d[0]);
-      for (int j = 0; j < 6; j++) ember_wino_bt(d + j, 6, t + j, 6);          /* columns */
-      for (int i = 0; i < 6; i++) ember_wino_bt(t + 6 * i, 1, d + 6 * i, 1);  /* rows */
+      ember_w8 d[2][36], e[36], t[36];
+      for (int64_t g = 0; g < ng; g++) {
+        const float *sg = s + g * R * U * 8;
+        for (int i = 0; i < 6; i++)
+          for (int j = 0; j < 6; j++) memcpy(&e[6 * i + j], sg + ((4 * th + i) * U + 4 * tw + j) * 8, sizeof e[0]);
+        for (int j = 0; j < 6; j++) ember_wino_bt(e + j, 6, t + j, 6);             /* columns */
+        for (int i = 0; i < 6; i++) ember_wino_bt(t + 6 * i, 1, d[g] + 6 * i, 1);  /* rows */
+      }
       float *vt = v + (th * ntw + tw) * C;
-      if (nc == 8) for (int p = 0; p < 36; p++) memcpy(vt + p * ps, &d[p], sizeof d[p]);
-      else for (int p = 0; p < 36; p++) ember_w8_storen(vt + p * ps, d[p], nc);
+      if (nc == 16)
+        for (int p = 0; p < 36; p++) { memcpy(vt + p * ps, &d[0][p], sizeof d[0][p]); memcpy(vt + p * ps + 8, &d[1][p], sizeof d[1][p]); }
+      else if (nc == 8)
+        for (int p = 0; p < 36; p++) memcpy(vt + p * ps, &d[0][p], sizeof d[0][p]);
+      else
+        for (int p = 0; p < 36; p++)
+          for (int64_t g = 0; g < ng; g++) ember_w8_storen(vt + p * ps + 8 * g, d[g][p], ember_min64(8, nc - 8 * g));
     }
 }
 /* the 4x4 outputs of nl <= 8 tiles (tiles O apart, positions ps apart in m) of channels
@@ -180,9 +196,9 @@ def print_input(k: WinogradInput, params, printer) -> str:
         "    #pragma omp for schedule(dynamic, 1)",
         "    for (int64_t t = 0; t < N * ncb; t++) {",
         "      const int64_t n = t / ncb;",
-        "      for (int64_t c0 = (t % ncb) * 16; c0 < ember_min64(C, (t % ncb) * 16 + 16); c0 += 8)",
-        f"        ember_wino_in({X} + {c_dim(k.offset)} + (n * C + c0) * {k.H * k.W}, {k.H * k.W}, ember_min64(8, C - c0),",
-        f"                      {k.H}, {k.W}, {ph}, {pw}, nth, ntw, s, {V} + n * nth * ntw * C + c0, T * C, C);",
+        "      const int64_t c0 = (t % ncb) * 16;",
+        f"      ember_wino_in({X} + {c_dim(k.offset)} + (n * C + c0) * {k.H * k.W}, {k.H * k.W}, ember_min64(16, C - c0),",
+        f"                    {k.H}, {k.W}, {ph}, {pw}, nth, ntw, s, {V} + n * nth * ntw * C + c0, T * C, C);",
         "    }",
         "    free(s);",
         "  }",

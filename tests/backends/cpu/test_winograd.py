@@ -49,6 +49,7 @@ def _uses_winograd(compiled) -> bool:
 CASES = [
     (16, 16, (16, 16), 1, True, False, False),
     (17, 19, (15, 21), 1, True, True, False),      # sides not multiples of 4, odd channels
+    (28, 16, (16, 16), 1, True, False, False),     # a task of 12 channels: a full group of 8 and 4 lanes
     (16, 33, (18, 17), 0, False, False, False),    # no padding, no bias
     (19, 16, (14, 16), 2, True, True, True),       # padding 2 (patches past the image)
     (32, 24, (30, 7), 1, True, False, True),       # tall and thin: one partial block per row
