@@ -167,6 +167,8 @@ def main():
     models = [m for m in args.models.split(",") if m]
     gemms = [s for s in args.gemm.split(",") if s]
     convs = [s for s in args.conv.split(",") if s]
+    if args.paired and args.compile:
+        ap.error("--compile times compiles in each revision's process; it does not combine with --paired")
     if args.worker and args.save:
         save_worker(args.worker, models, gemms, convs, args.save)
         return

@@ -31,7 +31,7 @@ class Attention(Template):
     scale: float
     causal: bool            # key j hidden from query i when j > i + Sk - Sq
     safe: bool              # a fully masked row gives zeros (else NaN, as the reference)
-    out_strides: tuple | None = None   # (batch..., Sq, Dv) strides of out; None: contiguous
+    out_strides: tuple      # (batch..., Sq, Dv) strides of out (heads inner, or contiguous)
 
     def inputs(self) -> list:
         ops = (self.q, self.k, self.v) + ((self.mask,) if self.mask is not None else ())

@@ -14,7 +14,7 @@ from ..ir import dtypes
 from ..ir.ops.registry import broadcast_shapes
 from . import loop_ir as L
 from .attention import Attention
-from .lowering import Lazy, View
+from .lowering import Lazy, View, contiguous_strides
 from .rules import bcast, emit_matmul, permute, reduce_over, rule
 
 
@@ -44,16 +44,10 @@ def _fused(lw, n, r):
     # heads inner: [b, h, Sq, Dv] is stored as [b, Sq, h, Dv], the layout the next projection
     # reads after the model transposes the heads back, so that transpose costs no copy
     # (a graph output keeps the layout its caller gets)
-    strides = None
+    strides = contiguous_strides(out.shape)
     if len(batch) >= 2 and id(out) not in lw.out_slot:
-        h = batch[-1]
-        strides = [0] * len(batch) + [h * dv, 1]
-        strides[-3] = dv
-        span = sq * h * dv
-        for i in reversed(range(len(batch) - 1)):
-            strides[i] = span
-            span = span * batch[i]
-        strides = tuple(strides)
+        phys = contiguous_strides(batch[:-1] + (sq, batch[-1], dv))
+        strides = phys[:-3] + (phys[-2], phys[-3], phys[-1])
     buf = lw.temp(out.dtype, out.shape, out)
     lw.prog.kernels.append(Attention(lw._name("k"), buf, tuple(out.shape), batch, sq, sk, d, dv,
                                      ops[0], ops[1], ops[2], ops[3] if len(ops) > 3 else None,

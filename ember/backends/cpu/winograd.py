@@ -146,13 +146,8 @@ static void ember_wino_in(const float *restrict x, int64_t HW, int64_t nc, int64
         for (int i = 0; i < 6; i++) ember_wino_bt(t + 6 * i, 1, d[g] + 6 * i, 1);  /* rows */
       }
       float *vt = v + (th * ntw + tw) * C;
-      if (nc == 16)
-        for (int p = 0; p < 36; p++) { memcpy(vt + p * ps, &d[0][p], sizeof d[0][p]); memcpy(vt + p * ps + 8, &d[1][p], sizeof d[1][p]); }
-      else if (nc == 8)
-        for (int p = 0; p < 36; p++) memcpy(vt + p * ps, &d[0][p], sizeof d[0][p]);
-      else
-        for (int p = 0; p < 36; p++)
-          for (int64_t g = 0; g < ng; g++) ember_w8_storen(vt + p * ps + 8 * g, d[g][p], ember_min64(8, nc - 8 * g));
+      for (int p = 0; p < 36; p++)
+        for (int64_t g = 0; g < ng; g++) ember_w8_storen(vt + p * ps + 8 * g, d[g][p], nc - 8 * g);
     }
 }
 /* the 4x4 outputs of nl <= 8 tiles (tiles O apart, positions ps apart in m) of channels
