@@ -1,7 +1,10 @@
 """Algebraic simplification and canonicalization, as rewrite rules (one line of intent each).
 
 x+0, x-0, x*1, x/1 -> x;  x/c -> x*(1/c);  neg(neg x) -> x;  no-op cast/expand/slice/reshape
--> x;  reshape(reshape x) -> reshape x;  permute(permute x) -> one permute (or none);
+-> x;  x & true, x | false -> x (broadcast as an expand);  an elementwise op of expanded
+values and scalars -> the op on the small values, expanded after (a mask built as [b, 1, Sq,
+Sk] from a [b, 1, 1, Sk] padding mask stays a broadcast, read with stride 0 along Sq);
+reshape(reshape x) -> reshape x;  permute(permute x) -> one permute (or none);
 matmul(x, W) with constant W -> linear(x, W^T); linear + bias -> linear with bias, so the
 weight layout is chosen once and the bias rides in the GEMM epilogue.
 """
@@ -9,15 +12,48 @@ from __future__ import annotations
 
 import numpy as np
 
-from .pattern import Const, Op, Var, apply_rules, scalar
+from ..ir.ops import get as op_def
+from ..ir.ops.registry import broadcast_shapes
+from .pattern import Const, Op, Pattern, Var, apply_rules, scalar
 
 zero = scalar(lambda v: v == 0)
 one = scalar(lambda v: v == 1)
+true = scalar(lambda v: bool(v))
+false = scalar(lambda v: not bool(v))
 
 
 def _keeps_type(g, m):
     """x, when it already has the result's type (the constant did not broadcast or cast it)."""
     return m["x"] if m["x"].type == m.root.type else None
+
+
+def _as_broadcast(g, m):
+    """x broadcast to the result's shape (x & true): x itself, or an expand of it."""
+    x, root = m["x"], m.root
+    if x.dtype != root.dtype:
+        return None
+    return x if x.type == root.type else g.op("expand", [x], {"shape": root.shape})
+
+
+class ElementwiseOfExpand(Pattern):
+    """An elementwise node whose inputs are expands and size-1 constants, one expand at least."""
+
+    def match(self, v, m):
+        n = v.producer
+        if n is None or len(n.outputs) != 1 or op_def(n.op).category != "elementwise":
+            return False
+        expanded = [i.producer is not None and i.producer.op == "expand" for i in n.inputs]
+        scalars = [i.kind == "const" and i.data is not None and i.data.size == 1 for i in n.inputs]
+        return any(expanded) and all(e or c for e, c in zip(expanded, scalars))
+
+
+def _hoist_expand(g, m):
+    n = m.root.producer
+    inner = [i.producer.inputs[0] if i.producer is not None and i.producer.op == "expand" else i for i in n.inputs]
+    small = g.op(n.op, inner, dict(n.attrs), source=n.source)
+    if broadcast_shapes(*(i.shape for i in inner)) == m.root.shape:
+        return small
+    return g.op("expand", [small], {"shape": m.root.shape})
 
 
 def _reciprocal(g, m):
@@ -69,6 +105,9 @@ RULES = [
     ("mul-one", Op("mul", Var("x"), Const("c", one)), _keeps_type),
     ("div-one", Op("div", Var("x"), Const("c", one)), _keeps_type),
     ("div-const", Op("div", Var("x"), Const("c")), _reciprocal),
+    ("and-true", Op("logical_and", Var("x"), Const("c", true)), _as_broadcast),
+    ("or-false", Op("logical_or", Var("x"), Const("c", false)), _as_broadcast),
+    ("elementwise-of-expand", ElementwiseOfExpand(), _hoist_expand),
     ("neg-neg", Op("neg", Op("neg", Var("x"))), lambda g, m: m["x"]),
     ("cast-noop", Op("cast", Var("x")), _keeps_type),
     ("expand-noop", Op("expand", Var("x")), _keeps_type),

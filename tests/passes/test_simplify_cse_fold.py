@@ -119,3 +119,32 @@ def test_symbolic_shapes_are_not_folded():
       return %1
     }"""
     assert_pass(fold_constants, src, src)
+
+
+def test_padding_mask_stays_a_broadcast():
+    # HF's mask: a [b, 1, 1, S] padding mask and-ed with an all-true [1, 1, S, 1], then
+    # where(mask, 0, -inf): the where runs on the small mask, expanded after
+    ones = np.ones((1, 1, 8, 1), dtype=bool)
+    assert_pass(simplify, """graph g(%m: bool[b, 1, 1, 8]) -> (f32[b, 1, 8, 8]) {
+      %t = const : bool[1, 1, 8, 1]
+      %z = const [0.0] : f32[]
+      %n = const [-3.0] : f32[]
+      %1 = logical_and(%t, %m) : bool[b, 1, 8, 8]
+      %2 = where(%1, %z, %n) : f32[b, 1, 8, 8]
+      return %2
+    }""", """graph g(%m: bool[b, 1, 1, 8]) -> (f32[b, 1, 8, 8]) {
+      %z = const [0.0] : f32[]
+      %n = const [-3.0] : f32[]
+      %1 = where(%m, %z, %n) : f32[b, 1, 1, 8]
+      %2 = expand(%1) {shape=[b, 1, 8, 8]} : f32[b, 1, 8, 8]
+      return %2
+    }""", {"t": ones})
+
+
+def test_elementwise_of_a_full_size_value_keeps_its_expand():
+    src = """graph g(%x: f32[1, 4], %y: f32[3, 4]) -> (f32[3, 4]) {
+      %1 = expand(%x) {shape=[3, 4]} : f32[3, 4]
+      %2 = add(%1, %y) : f32[3, 4]
+      return %2
+    }"""
+    assert_pass(simplify, src, src)

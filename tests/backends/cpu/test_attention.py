@@ -189,3 +189,20 @@ def test_heads_inner_output_feeds_the_next_projection_without_a_copy(d):
         q, k, v = (rand(b, H, sq, d, scale=1.5) for _ in range(3))
         sets.append([q, k, v, _pad_mask(b, sq, -1e9)])
     check(g, sets)
+
+
+def test_expanded_mask_is_read_as_one_row_for_all_queries():
+    # a padding mask expanded to [b, 1, Sq, Sk] (as HF builds it) is stored at its own size,
+    # [b, 1, 1, Sk], and read with stride 0 along the queries
+    g = Graph()
+    ins = [g.add_input(n, TensorType(F32, (B, H, SQ, 16))) for n in "qk"] + \
+        [g.add_input("v", TensorType(F32, (B, H, SQ, 16)))]
+    pad = g.add_input("pad", TensorType(F32, (B, 1, 1, SQ)))
+    mask = g.op("expand", [g.op("mul", [pad, g.add_const(np.float32(2.0), "two")])], {"shape": (B, 1, SQ, SQ)})
+    g.outputs = [g.op("attention", ins + [mask], {"scale": 0.25, "causal": False, "safe": True})]
+    kernels = lower(g).kernels
+    att = next(k for k in kernels if isinstance(k, Attention))
+    assert att.mask.strides[-2] == 0
+    assert all(list(k.shape).count(SQ) <= 1 for k in kernels if isinstance(k, Loop))   # no [.., Sq, Sk] mask
+    check(g, [[rand(b, H, s, 16), rand(b, H, s, 16), rand(b, H, s, 16), _pad_mask(b, s, -1e9)]
+              for b, s, _ in SIZES[:7]])
