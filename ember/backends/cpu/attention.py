@@ -153,12 +153,13 @@ _DOT4_PORTABLE = r"""static inline void ember_att_dot4(int64_t D, const float *r
 }
 """
 
-# The 16-lane path moves data between rows of q, the mask, the output and the lane-major
-# scratch (queries in lanes): with AVX-512 each such column of 16 is one gather instead of
-# 16 scalar moves (a MiniLM-shaped layer on a Xeon: 1-2 % faster); strides that do not fit
-# an int32 index, and other targets, take the scalar loops.
-_GATHER = r"""#if defined(__AVX512F__)
-#define EMBER_ATT_GATHER 1
+# The 16-lane path moves data between rows of q, the output and the lane-major scratch
+# (queries in lanes). With AVX-512 a 16 x 16 block goes through registers: 16 row loads, a
+# transpose of 64 shuffles, 16 stores (a gather per column cost a fifth of the kernel's own
+# time on a Zen 4, whose gathers are slow); a mask with a row per query takes one gather per
+# key (strides that do not fit an int32 index, and other targets, take scalar loops).
+_AVX512_MOVES = r"""#if defined(__AVX512F__)
+#define EMBER_ATT_AVX512 1
 /* v[i] = p[i * stride] for i < n (n <= 16), 0 in the other lanes */
 static inline __m512 ember_att_gather16(const float *p, int64_t stride, int64_t n) {
   const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -166,10 +167,50 @@ static inline __m512 ember_att_gather16(const float *p, int64_t stride, int64_t 
   return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), (__mmask16)((1u << n) - 1), idx, p, 4);
 }
 static inline int ember_att_gatherable(int64_t stride) { return stride >= 0 && stride < (1 << 26); }
+/* r[j][i] <- r[i][j]: 32-bit interleaves, then 64-bit, leave each 128-bit lane L of u[4g + c]
+   holding column 4L + c of rows 4g .. 4g+3; a 4 x 4 transpose of lanes finishes it */
+static inline void ember_att_transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int k = 0; k < 16; k += 2) { t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]); t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]); }
+  for (int g = 0; g < 16; g += 4) {
+    u[g] = _mm512_shuffle_ps(t[g], t[g + 2], 0x44); u[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], 0xEE);
+    u[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0x44); u[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; c++) {
+    const __m512 x0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), x1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+    const __m512 x2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44), x3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+    r[c] = _mm512_shuffle_f32x4(x0, x2, 0x88); r[4 + c] = _mm512_shuffle_f32x4(x0, x2, 0xDD);
+    r[8 + c] = _mm512_shuffle_f32x4(x1, x3, 0x88); r[12 + c] = _mm512_shuffle_f32x4(x1, x3, 0xDD);
+  }
+}
+/* qt[d][i] = q[i][d] * scale for i < nq (0 beyond), q rows qs apart, unit stride along d */
+static inline void ember_att_load_qt(const float *q, int64_t qs, int64_t nq, int64_t D, float scale, float *qt) {
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int64_t d0 = 0; d0 < D; d0 += 16) {
+    const int64_t nd = ember_min64(16, D - d0);
+    const __mmask16 m = (__mmask16)((1u << nd) - 1);
+    __m512 r[16];
+    for (int i = 0; i < 16; i++) r[i] = i < nq ? _mm512_maskz_loadu_ps(m, q + i * qs + d0) : _mm512_setzero_ps();
+    ember_att_transpose16(r);
+    for (int64_t j = 0; j < nd; j++) _mm512_storeu_ps(qt + 16 * (d0 + j), _mm512_mul_ps(r[j], sc));
+  }
+}
+/* out[i][c] = acc[c][i] * scale[i] for i < nq, c < Dv, out rows os apart */
+static inline void ember_att_store_rows(const float *acc, int64_t Dv, const float *scale, int64_t nq,
+    float *out, int64_t os) {
+  for (int64_t c0 = 0; c0 < Dv; c0 += 16) {
+    const int64_t nc = ember_min64(16, Dv - c0);
+    const __mmask16 m = (__mmask16)((1u << nc) - 1);
+    __m512 r[16];
+    for (int j = 0; j < 16; j++) r[j] = j < nc ? _mm512_loadu_ps(acc + 16 * (c0 + j)) : _mm512_setzero_ps();
+    ember_att_transpose16(r);
+    for (int64_t i = 0; i < nq; i++) _mm512_mask_storeu_ps(out + i * os + c0, m, _mm512_mul_ps(r[i], _mm512_set1_ps(scale[i])));
+  }
+}
 #endif
 """
 
-_AVX = ("#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n" + _DOT4_AVX + _GATHER +
+_AVX = ("#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n" + _DOT4_AVX + _AVX512_MOVES +
         "#if defined(__AVX512F__)\n" + "".join(_ukr_avx512(m) for m in range(1, MR_AVX512 + 1)) + _mm(MR_AVX512) +
         "#else\n" + "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _mm(MR) + "#endif\n" +
         "#else\n" + "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _DOT4_PORTABLE + _mm(MR) + "#endif\n")
@@ -231,11 +272,8 @@ static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, floa
   const int64_t D = A->d, Dv = A->dv, Sk = A->sk;
   float *restrict qt = ws, *restrict s = qt + 16 * D, *restrict acc = s + EMBER_ATT_KB * 16;
   float *restrict m = acc + 16 * Dv, *restrict l = m + 16, *restrict alpha = l + 16, *restrict shift = alpha + 16;
-#ifdef EMBER_ATT_GATHER
-  if (ember_att_gatherable(A->qs))
-    for (int64_t d = 0; d < D; d++)
-      _mm512_storeu_ps(qt + 16 * d, _mm512_mul_ps(ember_att_gather16(A->q + i0 * A->qs + d * A->qd, A->qs, nq),
-                                                  _mm512_set1_ps(A->scale)));
+#ifdef EMBER_ATT_AVX512
+  if (A->qd == 1) ember_att_load_qt(A->q + i0 * A->qs, A->qs, nq, D, A->scale, qt);
   else
 #endif
   for (int64_t d = 0; d < D; d++)
@@ -255,7 +293,7 @@ static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, floa
           const float mj = mk[j * A->mk];
           for (int i = 0; i < 16; i++) s[16 * j + i] += mj;
         }
-#ifdef EMBER_ATT_GATHER
+#ifdef EMBER_ATT_AVX512
       else if (ember_att_gatherable(A->ms))
         for (int64_t j = 0; j < nk; j++)
           _mm512_storeu_ps(s + 16 * j, _mm512_add_ps(_mm512_loadu_ps(s + 16 * j), ember_att_gather16(mk + j * A->mk, A->ms, nq)));
@@ -269,32 +307,45 @@ static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, floa
         for (int i = 0; i < 16; i++) s[16 * j + i] = k0 + j > i0 + i + off ? -INFINITY : s[16 * j + i];
     /* online softmax, one query per lane */
     float mx[16];
+#ifdef EMBER_ATT_AVX512   /* gcc leaves this loop scalar: 16 chains of vmaxss */
+    __m512 vmx = _mm512_loadu_ps(m);
+    for (int64_t j = 0; j < nk; j++) vmx = _mm512_max_ps(_mm512_loadu_ps(s + 16 * j), vmx);  /* NaN keeps m, as below */
+    _mm512_storeu_ps(mx, vmx);
+#else
     for (int i = 0; i < 16; i++) mx[i] = m[i];
     for (int64_t j = 0; j < nk; j++)
       for (int i = 0; i < 16; i++) mx[i] = s[16 * j + i] > mx[i] ? s[16 * j + i] : mx[i];
+#endif
     for (int i = 0; i < 16; i++) {
       shift[i] = mx[i] == -INFINITY ? 0.0f : mx[i];
       alpha[i] = ember_expf_softmax(m[i] - shift[i]);
       m[i] = mx[i];
     }
     float sum[16] = {0};
+#ifdef EMBER_ATT_AVX512   /* the sum in registers: gcc's loop kept it on the stack, a store and a load per key */
+    for (int64_t j = 0; j < nk; j++)
+      for (int i = 0; i < 16; i++) s[16 * j + i] = ember_expf_softmax(s[16 * j + i] - shift[i]);
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+    int64_t j2 = 0;
+    for (; j2 + 2 <= nk; j2 += 2) { s0 = _mm512_add_ps(s0, _mm512_loadu_ps(s + 16 * j2)); s1 = _mm512_add_ps(s1, _mm512_loadu_ps(s + 16 * j2 + 16)); }
+    if (j2 < nk) s0 = _mm512_add_ps(s0, _mm512_loadu_ps(s + 16 * j2));
+    _mm512_storeu_ps(sum, _mm512_add_ps(s0, s1));
+#else
     for (int64_t j = 0; j < nk; j++)
       for (int i = 0; i < 16; i++) { const float e = ember_expf_softmax(s[16 * j + i] - shift[i]); s[16 * j + i] = e; sum[i] += e; }
+#endif
     for (int i = 0; i < 16; i++) l[i] = l[i] * alpha[i] + sum[i];
     /* acc[c][i] = acc[c][i] * alpha[i] + sum_j v[j][c] * p[j][i] */
     ember_att_mm(Dv, nk, A->v + k0 * A->vs, A->vd, A->vs, s, acc, alpha);
   }
   float scale[16];
   for (int i = 0; i < 16; i++) scale[i] = A->safe && m[i] == -INFINITY ? 0.0f : 1.0f / l[i];
-  for (int64_t i = 0; i < nq; i++) {
-    float *o = A->out + (i0 + i) * A->os;
-    int64_t c = 0;
-#ifdef EMBER_ATT_GATHER
-    for (; c + 16 <= Dv; c += 16)   /* acc is [Dv][16]: a row of the output is a column of it */
-      _mm512_storeu_ps(o + c, _mm512_mul_ps(ember_att_gather16(acc + 16 * c + i, 16, 16), _mm512_set1_ps(scale[i])));
+#ifdef EMBER_ATT_AVX512
+  ember_att_store_rows(acc, Dv, scale, nq, A->out + i0 * A->os, A->os);
+#else
+  for (int64_t i = 0; i < nq; i++)
+    for (int64_t c = 0; c < Dv; c++) A->out[(i0 + i) * A->os + c] = acc[16 * c + i] * scale[i];
 #endif
-    for (; c < Dv; c++) o[c] = acc[16 * c + i] * scale[i];
-  }
 }
 """
 
