@@ -215,7 +215,21 @@ _AVX = ("#if defined(__AVX2__) && defined(__FMA__)\n#include <immintrin.h>\n" + 
         "#else\n" + "".join(_ukr_avx(m) for m in range(1, MR + 1)) + _mm(MR) + "#endif\n" +
         "#else\n" + "".join(_ukr_portable(m) for m in range(1, MR + 1)) + _DOT4_PORTABLE + _mm(MR) + "#endif\n")
 
-_DRIVER = r"""static inline int64_t ember_att_scratch(int64_t D, int64_t Dv) {
+_DRIVER = r"""/* Keys [*kb, *ke) for rows that share one mask row: the keys before the first and after the
+   last whose mask is above EMBER_ATT_MASKED are dropped (the padding of a batch of short
+   sequences; a NaN counts as unmasked). Exact: such a key's weight e^(s + mask - max) is 0 in
+   float32 once the row has a key above the threshold, unless scores differ by 1e29. When the
+   first row would see no such key in its own keys [*kb, first_end), nothing is dropped, so
+   an all-masked row keeps the reference's result (uniform weights for a finite fill). */
+#define EMBER_ATT_MASKED -1e30f
+static inline void ember_att_trim(const float *mrow, int64_t mk, int64_t first_end, int64_t *kb, int64_t *ke) {
+  int64_t a = *kb, b = *ke;
+  while (a < b && mrow[a * mk] <= EMBER_ATT_MASKED) a++;
+  if (a >= ember_min64(b, first_end)) return;
+  while (mrow[(b - 1) * mk] <= EMBER_ATT_MASKED) b--;
+  *kb = a; *ke = b;
+}
+static inline int64_t ember_att_scratch(int64_t D, int64_t Dv) {
   return 16 * D + EMBER_ATT_KB * 16 + 16 * Dv + 4 * 16;
 }
 /* out row i of one batch/head alone: with a handful of queries, 16 query lanes would be
@@ -227,8 +241,9 @@ static void ember_att_row(const ember_att_args *A, int64_t i, float *restrict ws
   memset(acc, 0, sizeof(float) * Dv);
   float m = -INFINITY, l = 0.0f;
   /* causal: this row's last visible key ends the walk, no per-key test */
-  const int64_t kend = A->causal ? ember_max64(0, ember_min64(Sk, i + 1 + Sk - A->sq)) : Sk;
-  for (int64_t k0 = 0; k0 < kend; k0 += EMBER_ATT_KB) {
+  int64_t kbeg = 0, kend = A->causal ? ember_max64(0, ember_min64(Sk, i + 1 + Sk - A->sq)) : Sk;
+  if (A->mask) ember_att_trim(A->mask + i * A->ms, A->mk, kend, &kbeg, &kend);
+  for (int64_t k0 = kbeg; k0 < kend; k0 += EMBER_ATT_KB) {
     const int64_t nk = ember_min64(EMBER_ATT_KB, kend - k0);
     const float *kb = A->k + k0 * ks;
     int64_t j = 0;
@@ -281,9 +296,11 @@ static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, floa
   for (int i = 0; i < 16; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
   memset(acc, 0, sizeof(float) * 16 * Dv);
   const int64_t off = Sk - A->sq;   /* causal: query i sees keys j <= i + off */
-  int64_t kend = Sk;
+  int64_t kbeg = 0, kend = Sk;
   if (A->causal) kend = ember_max64(0, ember_min64(Sk, i0 + nq + off));
-  for (int64_t k0 = 0; k0 < kend; k0 += EMBER_ATT_KB) {
+  if (A->mask && A->ms == 0)   /* a padding mask: its leading and trailing masked keys are skipped */
+    ember_att_trim(A->mask + i0 * A->ms, A->mk, A->causal ? i0 + 1 + off : Sk, &kbeg, &kend);
+  for (int64_t k0 = kbeg; k0 < kend; k0 += EMBER_ATT_KB) {
     const int64_t nk = ember_min64(EMBER_ATT_KB, kend - k0);
     ember_att_mm(nk, D, A->k + k0 * A->ks, A->ks, A->kd, qt, s, NULL);   /* s[j][i] */
     if (A->mask) {

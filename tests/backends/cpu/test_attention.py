@@ -84,6 +84,26 @@ def test_padding_mask(fill):
     check(g, [inputs(b, sq, sk, 64) + [_pad_mask(b, sk, fill)] for b, sq, sk in SIZES])
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("fill", [-np.inf, np.finfo(np.float32).min, -1e9])
+def test_padded_sequences(fill, causal):
+    # each sequence of the batch padded on the right or the left, some of length 0: the
+    # kernel skips the padded keys at either end (fills <= -1e30), which must not change a
+    # row that sees no real key (zeros for -inf, uniform weights for a finite fill)
+    g = build(32, mask_shape=(B, 1, 1, SK), causal=causal)
+    sets = []
+    for b, sq, sk in SIZES + [(4, 130, 130), (3, 16, 200)]:
+        m = np.zeros((b, 1, 1, sk), np.float32)
+        for i in range(b):
+            n = [0, 1, sk // 3, sk - 1][(i + sk) % 4] if sk > 1 else i % 2
+            if i % 2:
+                m[i, ..., :sk - n] = fill     # left padding: the last n keys are real
+            else:
+                m[i, ..., n:] = fill          # right padding: the first n keys are real
+        sets.append(inputs(b, sq, sk, 32) + [m])
+    check(g, sets)
+
+
 def test_full_masks():
     # a [Sq, Sk] mask shared by the batch and a per-batch [B, 1, Sq, Sk] one
     g = build(16, mask_shape=(SQ, SK))
