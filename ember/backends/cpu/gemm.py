@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from ...ir import dtypes
 from ...ir.symbolic import prod
-from ...lower.loop_ir import Matmul, var
+from ...lower.loop_ir import Matmul
 from ...lower.packing import ImageOperand
 
 MR, NR = 6, 16
@@ -395,20 +395,6 @@ def supports(k: Matmul) -> bool:
     return k.a.buf.dtype is dtypes.f32 and k.b.buf.dtype is dtypes.f32
 
 
-def bias_of(k: Matmul):
-    """The buffer of a bias when the epilogue is exactly ``acc + bias[j]`` (a float32 vector
-    read along the columns), else None. Such a bias is the accumulators' starting value in
-    the micro-kernel (``ci`` with row stride 0): full-width tiles then go straight to C, with
-    no pass through the tile buffer."""
-    e, col = k.epilogue, var(f"i{len(k.batch) + 1}")
-    if e is None or e.op != "add" or k.out.dtype is not dtypes.f32:
-        return None
-    for a, b in (e.args, e.args[::-1]):
-        if a.op == "var" and a.arg == "acc" and b.op == "load" and b.args[0] is col and b.arg.dtype is dtypes.f32:
-            return b.arg
-    return None
-
-
 def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
     """C body of one Matmul kernel.
 
@@ -562,13 +548,6 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
         # partial sums over K blocks live in C; full-width tiles go straight there
         body.append(f"          float *cp = {C} + (bi * M + i) * N + j;")
     epi = k.epilogue is not None or not out_f32
-    bias = bias_of(k)
-    if bias is not None:
-        # the first K block starts from the bias, the others from C: no epilogue pass
-        body.append("          if (nr == 16 * np) {")
-        body.append(f"            ember_ukr(mr, np, kc, ap, rs, bp, bp2, pc > 0 ? cp : {params[bias]} + j, pc > 0 ? N : 0, cp, N, 1);")
-        body.append("            continue;")
-        body.append("          }")
     if epi:
         # the last K block lands in the tile buffer and the epilogue stores it to C
         body.append("          if (last) {")
