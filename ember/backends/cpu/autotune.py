@@ -34,7 +34,7 @@ from . import gemm, toolchain
 
 DEFAULT_M = 128          # rows to tune at when M is symbolic and no example says otherwise
 M_MIN, M_MAX = 8, 4096   # M bucket range (M below 8 is mostly the GEMV or one row task)
-KC_CHOICES = (256, 512, 768)
+KC_CHOICES = (256, 512, 1024)
 MC_CHOICES = (48, 96, 192)
 REPS = 15                # timed calls per candidate (fewer when a call is slow, at least 3)
 BUDGET_S = 0.3           # about this much timing per candidate
@@ -45,7 +45,7 @@ stats = {"bench_runs": 0, "cache_hits": 0}  # observed by tests
 
 
 def default_tile() -> dict:
-    return {"kc": gemm.KC, "mc": gemm.MC_PACKED}
+    return {"kc": gemm.KC_PACKED, "mc": gemm.MC_PACKED}
 
 
 def candidates(kc=KC_CHOICES, mc=MC_CHOICES) -> list[dict]:

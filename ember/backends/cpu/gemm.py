@@ -12,7 +12,7 @@
   constant B (a weight) is packed once at compile time (``ember.lower.packing``), one
   matrix for every batch entry or one per entry (``Bp[b][j / 16][k][j % 16]``); an
   activation B (attention's Q@K^T, P@V) is packed per task on the fly.
-* Blocking: K in blocks of at most KC (the B micro-panel, KC x NR, is read from L2, a
+* Blocking: K in blocks of at most KC (KC_PACKED for a packed weight; the B micro-panel, KC x NR, is read from L2, a
   prefetch ahead, by each row tile of the task; its MC rows of A stay in L2); tasks of
   (batch, MC rows, NC columns) go to OpenMP, NC
   at most NC_MAX (a task's B block stays in L2: 2048^3 went 230 -> 265 GFLOP/s), then NC
@@ -48,7 +48,8 @@ from ...lower.packing import ImageOperand
 MR, NR = 6, 16
 MR_AVX512 = 12       # rows of the AVX-512 micro-tile (EMBER_MR in the C)
 KC = 512             # K block: fewer blocks, fewer round trips of C's partial sums (Zen 4: 256 -> 512 took 1024^3 167 -> 182 GFLOP/s)
-MC_PACKED = 96       # rows per task with a pre-packed B (A block 96 x KC floats in L2)
+KC_PACKED = 1024     # with a pre-packed weight (Zen 4, paired in one process: 1024^3 x0.97 against 512, one K block, C written once; K = 1536-3072 x0.99)
+MC_PACKED = 96       # rows per task with a pre-packed B (A block 96 x KC_PACKED floats, 384 KiB, in L2)
 MC_ONTHEFLY = 192    # larger when B is packed per task, so packing is a smaller share
 PARALLEL_MACS = 1 << 17  # multiply-adds below which a GEMM stays on one thread
 TASKS_WANTED = 16    # split N, then M, until there are this many tasks (load balance on few cores)
@@ -420,7 +421,7 @@ def print_matmul(k: Matmul, params, c_dim, epilogue_lines) -> str:
         L.append(f"  const int64_t sbk = {sb[nb]}, sbn = {sb[nb + 1]};")
     # blocking: the kernel's own tile (autotune.py) where it has one, else the defaults
     tile = k.tile or {}
-    kc_max = int(tile.get("kc", KC))
+    kc_max = int(tile.get("kc", KC_PACKED if packed else KC))
     tasks_wanted = int(tile.get("tasks", TASKS_WANTED))
     mc_min = int(tile.get("mc_min", MC_MIN))
     # K blocks of nearly equal size (<= kc_max); one block when C cannot hold partial sums

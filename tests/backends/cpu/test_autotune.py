@@ -24,7 +24,7 @@ def fast_tuner(monkeypatch, tmp_path):
     # a private cache, few candidates (KC 32 < K = 70: several K blocks), short timing;
     # MIN_GAIN 0: the fastest candidate wins even by noise, so non-default tiles get exercised
     monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(autotune, "KC_CHOICES", (32, gemm.KC))
+    monkeypatch.setattr(autotune, "KC_CHOICES", (32, gemm.KC_PACKED))
     monkeypatch.setattr(autotune, "MC_CHOICES", (12, 96))
     monkeypatch.setattr(autotune, "REPS", 3)
     monkeypatch.setattr(autotune, "BUDGET_S", 0.005)
@@ -90,7 +90,7 @@ def test_default_c_unchanged():
     g = linear_graph()
     c0 = ember.compile(g, opt_level=2)
     assert c0.autotune_log is None
-    assert f"K > {gemm.KC} ?" in c0.source and f"M < {gemm.MC_PACKED} ?" in c0.source
+    assert f"K > {gemm.KC_PACKED} ?" in c0.source and f"M < {gemm.MC_PACKED} ?" in c0.source
     from ember.backends.cpu.codegen import c_dim
     from ember.lower.lowering import lower
     (k,) = [k for k in lower(g).kernels if isinstance(k, Matmul)]
@@ -101,7 +101,7 @@ def test_default_c_unchanged():
     plain = gemm.print_matmul(k, params, c_dim, epi)
     k.tile = {}
     assert gemm.print_matmul(k, params, c_dim, epi) == plain
-    k.tile = {"kc": gemm.KC, "mc": gemm.MC_PACKED, "tasks": gemm.TASKS_WANTED, "mc_min": gemm.MC_MIN}
+    k.tile = {"kc": gemm.KC_PACKED, "mc": gemm.MC_PACKED, "tasks": gemm.TASKS_WANTED, "mc_min": gemm.MC_MIN}
     assert gemm.print_matmul(k, params, c_dim, epi) == plain
 
 

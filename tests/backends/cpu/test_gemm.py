@@ -64,7 +64,7 @@ def test_activation_b(m, n, k):
 
 
 @pytest.mark.parametrize("epilogue", ["bias", "bias_gelu", "bias_gelu_tanh", "residual"])
-@pytest.mark.parametrize("n,k", [(65, 513), (7, 64), (513, 63)])
+@pytest.mark.parametrize("n,k", [(65, 513), (7, 64), (513, 63), (33, 1025)])   # 1025: two K blocks
 def test_linear_epilogues_any_batch(epilogue, n, k):
     """Symbolic rows: one build serves M = 1 (the GEMV path), ragged M and large M."""
     g = Graph()
