@@ -20,6 +20,9 @@ dynamically. Inside a task the keys are walked in blocks of KB, with an online s
   -inf - -inf.
 * Causal: a query block stops at the last key its last row may see, and only the blocks
   crossing the diagonal pay for the per-element test.
+* Padding: rows that share one mask row (a padding mask) walk only the keys from its first to
+  its last above -1e30 (``ember_att_trim``); a batch of short sequences padded to one length
+  does the work of its real tokens. A row that would see none keeps every key.
 * End: out = acc / l; a dead row (max still -inf) gives 0 when ``safe``, else 0 * inf = NaN
   like the reference.
 * A block of at most four queries (Sq = 1, the tail of a sequence) would leave most of the
