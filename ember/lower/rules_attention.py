@@ -26,13 +26,13 @@ def _operand(lw, ref, shape) -> L.Operand:
     return L.Operand(view.buf, view.offset, tuple(strides))
 
 
-def _unexpanded(lw, value, ref):
-    """The input of an ``expand`` that produced ``value`` (its broadcast is a stride 0 in the
-    operand), so that a mask made [b, 1, Sq, Sk] from a padding mask [b, 1, 1, Sk] is stored,
-    if it must be, at its own size, and read as one row for all queries."""
+def _unexpanded(lw, value):
+    """The lowered input of the ``expand`` that produced ``value``, or value's own (the
+    broadcast becomes a stride 0 in the operand): a mask made [b, 1, Sq, Sk] from a padding
+    mask [b, 1, 1, Sk] is stored, if it must be, at its own size, and read as one row."""
     while value.producer is not None and value.producer.op == "expand":
         value = value.producer.inputs[0]
-    return lw.refs[id(value)] if id(value) in lw.refs else ref
+    return lw.refs[id(value)]
 
 
 @rule("attention")
@@ -49,8 +49,7 @@ def _fused(lw, n, r):
     out, a = n.outputs[0], n.attrs
     batch = tuple(out.shape[:-2])
     sq, sk, d, dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    ops = [_operand(lw, _unexpanded(lw, v, x), batch + s)
-           for v, x, s in zip(n.inputs, r, [(sq, d), (sk, d), (sk, dv), (sq, sk)])]
+    ops = [_operand(lw, _unexpanded(lw, v), batch + s) for v, s in zip(n.inputs, [(sq, d), (sk, d), (sk, dv), (sq, sk)])]
     # heads inner: [b, h, Sq, Dv] is stored as [b, Sq, h, Dv], the layout the next projection
     # reads after the model transposes the heads back, so that transpose costs no copy
     # (a graph output keeps the layout its caller gets)

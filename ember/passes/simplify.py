@@ -35,6 +35,10 @@ def _as_broadcast(g, m):
     return x if x.type == root.type else g.op("expand", [x], {"shape": root.shape})
 
 
+def _expanded(v) -> bool:
+    return v.producer is not None and v.producer.op == "expand"
+
+
 class ElementwiseOfExpand(Pattern):
     """An elementwise node whose inputs are expands and size-1 constants, one expand at least."""
 
@@ -42,14 +46,14 @@ class ElementwiseOfExpand(Pattern):
         n = v.producer
         if n is None or len(n.outputs) != 1 or op_def(n.op).category != "elementwise":
             return False
-        expanded = [i.producer is not None and i.producer.op == "expand" for i in n.inputs]
+        expanded = [_expanded(i) for i in n.inputs]
         scalars = [i.kind == "const" and i.data is not None and i.data.size == 1 for i in n.inputs]
         return any(expanded) and all(e or c for e, c in zip(expanded, scalars))
 
 
 def _hoist_expand(g, m):
     n = m.root.producer
-    inner = [i.producer.inputs[0] if i.producer is not None and i.producer.op == "expand" else i for i in n.inputs]
+    inner = [i.producer.inputs[0] if _expanded(i) else i for i in n.inputs]
     small = g.op(n.op, inner, dict(n.attrs), source=n.source)
     if broadcast_shapes(*(i.shape for i in inner)) == m.root.shape:
         return small

@@ -148,3 +148,16 @@ def test_elementwise_of_a_full_size_value_keeps_its_expand():
       return %2
     }"""
     assert_pass(simplify, src, src)
+
+
+def test_two_expands_meet_in_one_op():
+    # [1, 4] and [3, 1] both expanded to [3, 4]: their sum already has the full shape, no expand after
+    assert_pass(simplify, """graph g(%x: f32[1, 4], %y: f32[3, 1]) -> (f32[3, 4]) {
+      %1 = expand(%x) {shape=[3, 4]} : f32[3, 4]
+      %2 = expand(%y) {shape=[3, 4]} : f32[3, 4]
+      %3 = add(%1, %2) : f32[3, 4]
+      return %3
+    }""", """graph g(%x: f32[1, 4], %y: f32[3, 1]) -> (f32[3, 4]) {
+      %1 = add(%x, %y) : f32[3, 4]
+      return %1
+    }""")

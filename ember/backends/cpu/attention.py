@@ -341,18 +341,16 @@ static void ember_att_rows(const ember_att_args *A, int64_t i0, int64_t nq, floa
       alpha[i] = ember_expf_softmax(m[i] - shift[i]);
       m[i] = mx[i];
     }
-    float sum[16] = {0};
-#ifdef EMBER_ATT_AVX512   /* the sum in registers: gcc's loop kept it on the stack, a store and a load per key */
     for (int64_t j = 0; j < nk; j++)
       for (int i = 0; i < 16; i++) s[16 * j + i] = ember_expf_softmax(s[16 * j + i] - shift[i]);
-    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
-    int64_t j2 = 0;
-    for (; j2 + 2 <= nk; j2 += 2) { s0 = _mm512_add_ps(s0, _mm512_loadu_ps(s + 16 * j2)); s1 = _mm512_add_ps(s1, _mm512_loadu_ps(s + 16 * j2 + 16)); }
-    if (j2 < nk) s0 = _mm512_add_ps(s0, _mm512_loadu_ps(s + 16 * j2));
-    _mm512_storeu_ps(sum, _mm512_add_ps(s0, s1));
+    float sum[16] = {0};
+#ifdef EMBER_ATT_AVX512   /* the sum in a register: gcc kept it on the stack, a store and a load per key */
+    __m512 vsum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nk; j++) vsum = _mm512_add_ps(vsum, _mm512_loadu_ps(s + 16 * j));
+    _mm512_storeu_ps(sum, vsum);
 #else
     for (int64_t j = 0; j < nk; j++)
-      for (int i = 0; i < 16; i++) { const float e = ember_expf_softmax(s[16 * j + i] - shift[i]); s[16 * j + i] = e; sum[i] += e; }
+      for (int i = 0; i < 16; i++) sum[i] += s[16 * j + i];
 #endif
     for (int i = 0; i < 16; i++) l[i] = l[i] * alpha[i] + sum[i];
     /* acc[c][i] = acc[c][i] * alpha[i] + sum_j v[j][c] * p[j][i] */

@@ -12,10 +12,10 @@
   constant B (a weight) is packed once at compile time (``ember.lower.packing``), one
   matrix for every batch entry or one per entry (``Bp[b][j / 16][k][j % 16]``); an
   activation B (attention's Q@K^T, P@V) is packed per task on the fly.
-* Blocking: K in blocks of at most KC (KC_PACKED for a packed weight; the B micro-panel, KC x NR, is read from L2, a
-  prefetch ahead, by each row tile of the task; its MC rows of A stay in L2); tasks of
-  (batch, MC rows, NC columns) go to OpenMP, NC
-  at most NC_MAX (a task's B block stays in L2: 2048^3 went 230 -> 265 GFLOP/s), then NC
+* Blocking: K in blocks of at most KC (KC_PACKED for a packed weight; the B micro-panel,
+  KC x NR, is read from L2, a prefetch ahead, by each row tile of the task; its MC rows of
+  A stay in L2); tasks of (batch, MC rows, NC columns) go to OpenMP, NC at most NC_MAX
+  (fewer columns per task, a B block nearer L2 size: 2048^3 went 230 -> 265 GFLOP/s), then NC
   and MC halved until there are TASKS_WANTED of them.
   Partial sums over K blocks accumulate in C (when C is float32; otherwise K is one
   block); the last block's tile goes to an MR x NR buffer and the epilogue stores it to C,
@@ -54,7 +54,7 @@ MC_ONTHEFLY = 192    # larger when B is packed per task, so packing is a smaller
 PARALLEL_MACS = 1 << 17  # multiply-adds below which a GEMM stays on one thread
 TASKS_WANTED = 16    # split N, then M, until there are this many tasks (load balance on few cores)
 MC_MIN = 24          # rows per task at the finest M split
-NC_MAX = 512         # columns per task at most: its B block (KC x 512 floats, 512 KiB) stays in L2
+NC_MAX = 512         # columns per task at most: its B block is KC x 512 floats (1 MiB at KC, 2 at KC_PACKED)
 PREPACK_MAX = 1 << 23  # floats: an activation B up to this size is packed whole, once per call
 
 
