@@ -126,7 +126,7 @@ def test_weights_are_not_copied_per_call():
 def test_generated_code_is_one_entry_point_with_omp():
     cm = ember.compile(mlp_graph())
     assert cm.source.count("int ember_main(") == 1
-    assert "#pragma omp parallel for" in cm.source
+    assert "#pragma omp parallel" in cm.source and "ember_spin_join(&joined);" in cm.source
     assert os.path.exists(cm.native.lib_path)
 
 

@@ -379,10 +379,11 @@ def print_attention(k: Attention, params, printer) -> str:
     L = [f"  const int64_t Sq = {c_dim(k.Sq)}, Sk = {c_dim(k.Sk)}, D = {c_dim(k.D)}, Dv = {c_dim(k.Dv)};",
          f"  const int64_t nbatch = {c_dim(prod(k.batch))}, nqb = (Sq + {QB - 1}) / {QB};",
          "  if (nbatch == 0 || Sq == 0 || Dv == 0) return;",
+         "  int joined = 0;  /* ember_spin_join's count */",
          f"  #pragma omp parallel if(nbatch * Sq * Sk * (D + Dv) > {PARALLEL_MACS})",
          "  {",
          "    float *ws = malloc(sizeof(float) * ember_att_scratch(D, Dv));",
-         "    #pragma omp for schedule(dynamic)",
+         "    #pragma omp for schedule(dynamic) nowait",
          "    for (int64_t t = 0; t < nbatch * nqb; t++) {",
          "      const int64_t bi = t / nqb, qb = t % nqb;"]
     rest = "bi"
@@ -404,5 +405,6 @@ def print_attention(k: Attention, params, printer) -> str:
           f"      ember_att_rows(&a, qb * {QB}, ember_min64({QB}, Sq - qb * {QB}), ws);",
           "    }",
           "    free(ws);",
+          "    ember_spin_join(&joined);",
           "  }"]
     return "\n".join(L) + "\n"

@@ -12,6 +12,7 @@ the work is large enough to pay for the fork.
 from __future__ import annotations
 
 import itertools
+import re
 import math
 
 import numpy as np
@@ -26,6 +27,35 @@ from .fastmath import C_SOURCE as FASTMATH
 ALIGN = 64           # bytes; workspace buffers start on cache-line boundaries
 UNIT = "/* ember: translation unit */"  # toolchain.split_units: where a program may be cut
 PARALLEL_MIN = 1 << 15  # elements (x reduction length) below which a kernel stays serial
+JOIN_SPIN_US = 100      # how long a thread that is done with its share waits, spinning, for the others
+
+# libgomp puts a thread that waits at a barrier to sleep after a short spin (GOMP_SPINCOUNT;
+# the benchmark suite keeps it short so that no contender's threads spin between calls), and
+# waking it costs tens of microseconds on a VM (a halted vCPU), paid at the next region's
+# start. A thread done with its share of a region therefore spins here, for at most
+# JOIN_SPIN_US, until the whole team has arrived; the barrier after it then finds everyone.
+# The count is a hint, not the synchronization: the OpenMP barrier that follows still is.
+# ``arrived`` is shared by the team, zero before the region, and every thread passes each
+# join point once, so join point g completes at g * n arrivals.
+JOIN_C = r"""#include <omp.h>
+#if defined(__x86_64__) || defined(__i386__)
+#define ember_pause() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define ember_pause() __asm__ __volatile__("yield")
+#else
+#define ember_pause() ((void)0)
+#endif
+static inline void ember_spin_join(int *arrived) {
+  const int n = omp_get_num_threads();
+  if (n < 2) return;
+  const int t = __atomic_add_fetch(arrived, 1, __ATOMIC_ACQ_REL), target = (t + n - 1) / n * n;
+  const double t0 = omp_get_wtime();
+  for (int s = 1; __atomic_load_n(arrived, __ATOMIC_ACQUIRE) < target; s++) {
+    ember_pause();
+    if (s % 32 == 0 && omp_get_wtime() - t0 > """ + f"{JOIN_SPIN_US}e-6" + r""") break;
+  }
+}
+"""
 
 PRELUDE = r"""
 #include <stdint.h>
@@ -41,7 +71,7 @@ static inline int64_t ember_fmod(int64_t a, int64_t b) { int64_t r = a % b; retu
 static inline double ember_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 static inline int64_t ember_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t ember_max64(int64_t a, int64_t b) { return a > b ? a : b; }
-""" + FASTMATH
+""" + JOIN_C + FASTMATH
 
 # bfloat16: the upper 16 bits of a float32. Kept in a one-member struct, not a bare uint16_t,
 # so that C code that reads a bf16 buffer without converting does not compile instead of
@@ -343,6 +373,7 @@ class KernelPrinter:
         else:
             body = (self._loop(k, params) if isinstance(k, Loop) else self._rows(k, params)
                     if isinstance(k, RowKernel) else self._matmul(k, params))
+        body = spin_joined(body)
         sig = f"(const int64_t *restrict dims, {', '.join(decl)})"
         text = sig + " {\n" + "\n".join(self._sym_lines(body)) + "\n" + body + "}\n"
         if text not in self.funcs:
@@ -581,6 +612,35 @@ class KernelPrinter:
             lines.append("    }")
         lines.append("  }")
         return "\n".join(lines) + "\n"
+
+
+_PARALLEL_FOR = re.compile(r"^(\s*)#pragma omp parallel for ((?:(?!\bif\().)*?)\s*(\bif\(.*\))?\s*$")
+
+
+def spin_joined(body: str) -> str:
+    """Each ``#pragma omp parallel for`` region of a kernel body, rewritten as a parallel region
+    whose loop ends without a barrier (``nowait``) in ``ember_spin_join``: a thread that runs
+    out of iterations spins there instead of sleeping in the region's closing barrier (JOIN_C).
+    The loop statement runs to where its braces close (the printers brace every loop body)."""
+    lines, out, i = body.split("\n"), [], 0
+    while i < len(lines):
+        m = _PARALLEL_FOR.match(lines[i])
+        if not m:
+            out.append(lines[i])
+            i += 1
+            continue
+        ind, clauses, cond = m.group(1), m.group(2), m.group(3) or ""
+        j, depth = i + 1, 0
+        while True:
+            depth += lines[j].count("{") - lines[j].count("}")
+            j += 1
+            if depth == 0 and "{" in "".join(lines[i + 1:j]):
+                break
+        out += [f"{ind}{{ int joined = 0;  /* ember_spin_join's count */", f"{ind}#pragma omp parallel {cond}".rstrip(),
+                f"{ind}{{", f"{ind}#pragma omp for {clauses + ' ' if clauses else ''}nowait"]
+        out += lines[i + 1:j] + [f"{ind}ember_spin_join(&joined);", f"{ind}}} }}"]
+        i = j
+    return "\n".join(out)
 
 
 def _lowest(dt) -> str:

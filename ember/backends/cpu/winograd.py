@@ -185,10 +185,11 @@ def print_input(k: WinogradInput, params, printer) -> str:
         f"  const int64_t N = {c_dim(k.N)}, C = {k.C}, nth = {k.nth}, ntw = {k.ntw}, T = N * nth * ntw;",
         "  const int64_t ncb = (C + 15) / 16;  /* 16 channels per task: a tile's 64 bytes of V come from one core */",
         "  if (N == 0) return;",
+        "  int joined = 0;  /* ember_spin_join's count */",
         f"  #pragma omp parallel if(N * C * {k.H * k.W * 36} > {PARALLEL_MACS})",
         "  {",
         "    float *s = (float *)aligned_alloc(64, (sizeof(float) * ember_wino_scratch(nth, ntw) + 63) / 64 * 64);",
-        "    #pragma omp for schedule(dynamic, 1)",
+        "    #pragma omp for schedule(dynamic, 1) nowait",
         "    for (int64_t t = 0; t < N * ncb; t++) {",
         "      const int64_t n = t / ncb;",
         "      const int64_t c0 = (t % ncb) * 16;",
@@ -196,6 +197,7 @@ def print_input(k: WinogradInput, params, printer) -> str:
         f"                    {k.H}, {k.W}, {ph}, {pw}, nth, ntw, s, {V} + n * nth * ntw * C + c0, T * C, C);",
         "    }",
         "    free(s);",
+        "    ember_spin_join(&joined);",
         "  }",
     ]) + "\n"
 
