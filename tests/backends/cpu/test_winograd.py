@@ -42,14 +42,15 @@ def test_weight_transform_layout():
 
 
 def _uses_winograd(compiled) -> bool:
-    return "ember_wino_in(" in compiled.source and "ember_wino_out_tiles(mt" in compiled.source
+    return "ember_wino_in_row(" in compiled.source and "ember_wino_out_tiles(mt" in compiled.source
 
 
 # (C, O, (H, W), padding, bias, relu, residual)
 CASES = [
     (16, 16, (16, 16), 1, True, False, False),
     (17, 19, (15, 21), 1, True, True, False),      # sides not multiples of 4, odd channels
-    (28, 16, (16, 16), 1, True, False, False),     # a task of 12 channels: a full group of 8 and 4 lanes
+    (28, 16, (16, 16), 1, True, False, False),     # groups of 8 and a last one of 4 lanes
+    (130, 16, (13, 17), 1, True, False, False),    # chunks of 64, 64 and 2 channels
     (16, 33, (18, 17), 0, False, False, False),    # no padding, no bias
     (19, 16, (14, 16), 2, True, True, True),       # padding 2 (patches past the image)
     (32, 24, (30, 7), 1, True, False, True),       # tall and thin: one partial block per row
