@@ -42,7 +42,7 @@ def test_weight_transform_layout():
 
 
 def _uses_winograd(compiled) -> bool:
-    return "ember_wino_in_row(" in compiled.source and "ember_wino_out_tiles(mt" in compiled.source
+    return "ember_wino_in_row(" in compiled.source and "ember_wino_out_tiles(" in compiled.source
 
 
 # (C, O, (H, W), padding, bias, relu, residual)
