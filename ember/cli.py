@@ -89,7 +89,11 @@ def cmd_inspect(args) -> int:
         print(text)
     print(f"\n# passes (-O{args.opt_level})\n" + pm.report())
     if args.c:
-        cm = ember.compile(g, opt_level=0)
+        # the C that ember.compile builds at this level: kernel fusion runs after lowering
+        cm = ember.compile(g, opt_level=args.opt_level)
+        print(f"\n# kernels: {cm.kernels}; fusions: {len(cm.fusions)}")
+        for f in cm.fusions:
+            print(f"#   {f}")
         print("\n# generated C")
         print(cm.source)
     return 0
