@@ -83,6 +83,10 @@ def cmd_bench(args) -> int:
         ratio = "" if name == "Ember" else f"{r['median'] / ember_t:.2f}x faster" \
             if r["median"] >= ember_t else f"{ember_t / r['median']:.2f}x slower"
         print(f"{name:<16} {fmt_time(r['median']):>10} {fmt_time(r['p10']):>10} {fmt_time(r['p90']):>10}  {ratio}")
+    if args.profile:
+        from ..runtime.profile import profile_kernels
+        print()
+        print(profile_kernels(compiled.native, arrays, runs=50).table(args.profile))
     sys.stdout.flush()
     return 0
 
@@ -99,4 +103,6 @@ def add_commands(sub) -> None:
                    help="size of a symbolic dim for an .onnx file or artifact (default 1)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quantize", choices=["dynamic"], default=None, help="time the int8 model")
+    p.add_argument("--profile", type=int, nargs="?", const=15, default=0, metavar="N",
+                   help="then time each kernel and list the N slowest (default 15)")
     p.set_defaults(fn=cmd_bench)

@@ -294,6 +294,8 @@ class Program:
     temps: list[Buffer] = field(default_factory=list)
     kernels: list = field(default_factory=list)
     output_shapes: list[tuple] = field(default_factory=list)
+    origins: dict = field(default_factory=dict)      # kernel name -> ["linear %3", ...]: the graph
+                                                     # nodes it computes (a kernel profile's labels)
 
 
 @dataclass

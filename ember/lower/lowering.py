@@ -61,6 +61,7 @@ class View(Ref):
 class Lazy(Ref):
     def __init__(self, shape, dtype, fn: Callable[[list[Expr]], Expr]):
         self.shape, self.dtype, self.fn = tuple(shape), dtype, fn
+        self.origins: list[str] = []   # the graph nodes composed into fn (set by Lowerer.run)
 
     def load(self, index):
         return self.fn(list(index))
@@ -116,7 +117,10 @@ class Lowerer:
         """Emit a kernel that writes ``ref`` contiguously; returns a View of the result."""
         buf = buf or self.temp(ref.dtype, ref.shape, value)
         body = ref.load(out_vars(len(ref.shape)))
-        self.prog.kernels.append(L.Loop(self._name("k"), buf, ref.shape, body))
+        k = L.Loop(self._name("k"), buf, ref.shape, body)
+        self.prog.kernels.append(k)
+        if getattr(ref, "origins", None):
+            self.prog.origins[k.name] = list(ref.origins)
         return View(buf, ref.shape)
 
     def as_view(self, ref: Ref) -> View:
@@ -154,16 +158,31 @@ class Lowerer:
             if rule is None:
                 raise EmberError(f"no lowering for op {n.op!r} (node {n.name}); "
                                  f"the CPU backend cannot compile it yet")
-            outs = rule(self, n, [self.refs[id(i)] for i in n.inputs])
+            first = len(p.kernels)
+            ins = [self.refs[id(i)] for i in n.inputs]
+            outs = rule(self, n, ins)
             outs = outs if isinstance(outs, list) else [outs]
+            # a kernel's origins (profile labels): the nodes lowered into it; a pointwise chain
+            # carries its nodes until the kernel that stores it
+            label = f"{n.op} %{n.outputs[0].name}" if n.outputs else n.op
+            chain = list(dict.fromkeys(o for r in ins if isinstance(r, Lazy) for o in r.origins))
+            # a node that wrote kernels of its own (a GEMM) is done there: what it returns
+            # lazily (a view, a bias) does not name it again downstream
+            own = any(k.name not in p.origins for k in p.kernels[first:])
+            for r in outs:
+                if isinstance(r, Lazy) and label not in r.origins:
+                    r.origins = chain if own else chain + [label]
             for v, r in zip(n.outputs, outs):
                 if isinstance(r, Lazy) and self.users.get(id(v), 0) > 1:
                     r = self.store(r, v)
                 self.refs[id(v)] = r
+            for k in p.kernels[first:]:
+                p.origins.setdefault(k.name, [label])
         for k, o in enumerate(g.outputs):
             r, buf = self.refs[id(o)], p.outputs[k]
             if not (isinstance(r, View) and r.buf is buf):
                 self.store(r, buf=buf)
+                p.origins.setdefault(p.kernels[-1].name, [f"output {k}"])
         return p
 
 

@@ -150,6 +150,7 @@ def fuse_epilogues(prog: Program, log: list | None = None) -> Program:
             else:
                 k.reduce.post = new
             k.out = p.out
+            _merge_origins(prog, k.name, [p.name])
             del prog.kernels[j]
             prog.temps = [b for b in prog.temps if b is not t]
             if log is not None:
@@ -157,6 +158,14 @@ def fuse_epilogues(prog: Program, log: list | None = None) -> Program:
             changed = True
             break
     return prog
+
+
+def _merge_origins(prog: Program, into: str, names: list, first: bool = False) -> None:
+    """The graph nodes of kernels ``names`` now belong to kernel ``into`` (before its own when
+    ``first``: a row kernel's reductions run before its store)."""
+    moved = [o for n in names for o in prog.origins.pop(n, [])]
+    own = prog.origins.get(into, [])
+    prog.origins[into] = moved + own if first else own + moved
 
 
 def _split_dims(k, p: Loop) -> dict | None:
@@ -273,6 +282,7 @@ def fuse_rows(prog: Program, log: list | None = None) -> Program:
             stages.append(Stage(name, k.reduce, stage_body))
             body = _replace_loads(body, k.out, index, sv)
         kernel = RowKernel(p.name, p.out, tuple(p.shape), rows, stages, body)
+        _merge_origins(prog, p.name, [m.name for m in members], first=True)
         ids = {id(m) for m in members}
         prog.kernels = [kernel if k is p else k for k in prog.kernels if id(k) not in ids]
         dead = {m.out for m in members}

@@ -712,6 +712,64 @@ def _c_buffer_name(b: Buffer) -> str:
     return {"input": "in", "output": "out", "const": "c", "temp": "t"}[b.kind] + str(b.index)
 
 
+def profile_label(k, origins: dict) -> str:
+    """``k2 gemm: linear %3 + gelu %4``: the kernel, its form and the graph nodes it computes."""
+    from ...lower.attention import Attention
+    if isinstance(k, Matmul):
+        b = prod(k.batch)
+        kind = f"gemm {'' if b == 1 else f'{b}x '}{k.M}x{k.N}x{k.K}"
+    elif isinstance(k, Attention):
+        kind = f"attention {prod(k.batch)}x{k.Sq}x{k.Sk}x{k.D}"
+    elif isinstance(k, Template):
+        kind = type(k).__name__.lower()
+    elif isinstance(k, RowKernel):
+        kind = "row"
+    else:
+        kind = "reduce" if k.reduce is not None else "pointwise"
+    ops = origins.get(k.name, [])
+    if len(ops) > 6:
+        ops = ops[:5] + [f"... {len(ops) - 5} more"]
+    text = f"{k.name} {kind}: {' + '.join(ops)}" if ops else f"{k.name} {kind}"
+    return "".join(ch if " " <= ch <= "~" and ch not in "\\\"" else "?" for ch in text)
+
+
+def _flops(k) -> str:
+    """Multiply-adds x 2 of a GEMM-like kernel as a C expression of the dims; "0" if none."""
+    from ...lower.attention import Attention
+    if isinstance(k, Matmul):
+        return f"2.0 * {c_dim(prod(k.batch))} * {c_dim(k.M)} * {c_dim(k.N)} * {c_dim(k.K)}"
+    if isinstance(k, Attention):   # both products over every key (a causal mask skips about half)
+        return f"2.0 * {c_dim(prod(k.batch))} * {c_dim(k.Sq)} * {c_dim(k.Sk)} * ({c_dim(k.D)} + {c_dim(k.Dv)})"
+    return "0"
+
+
+def _profile_c(prog: Program, calls) -> str:
+    """Per-kernel timing for ``CompiledModel.profile`` (runtime/profile.py): while a buffer is
+    set, ember_main adds each kernel call's wall time to its slot; otherwise one untaken
+    branch per kernel. The labels and GEMM flops travel in the library, so saved artifacts
+    can be profiled too."""
+    n = len(calls)
+    labels = ", ".join(f'"{profile_label(k, prog.origins)}"' for _, _, k in calls) or "0"
+    syms = "".join(f"  const int64_t {c_sym(s)} = dims[{i}]; (void){c_sym(s)};\n" for i, s in enumerate(prog.symbols))
+    flops = "".join(f"  f[{i}] = {_flops(k)};\n" for i, (_, _, k) in enumerate(calls))
+    return f"""#include <time.h>
+static double *ember_prof = 0;
+void ember_set_profile(double *seconds) {{ ember_prof = seconds; }}
+int ember_profile_count(void) {{ return {n}; }}
+const char *ember_profile_label(int i) {{
+  static const char *const labels[] = {{{labels}}};
+  return i >= 0 && i < {n} ? labels[i] : 0;
+}}
+void ember_profile_flops(const int64_t *dims, double *f) {{
+  (void)dims; (void)f;
+{syms}{flops}}}
+static inline double ember_prof_now(void) {{
+  struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}}
+#define EMBER_TIMED(i, call) do {{ if (__builtin_expect(ember_prof != 0, 0)) {{ \\
+    const double t0_ = ember_prof_now(); call; ember_prof[i] += ember_prof_now() - t0_; }} else {{ call; }} }} while (0)"""
+
+
 def generate(prog: Program, plan=None) -> str:
     """The C source for ``prog`` (``plan``: a MemoryPlan sharing workspace between temps)."""
     check_bf16_kernels(prog)
@@ -736,7 +794,7 @@ def generate(prog: Program, plan=None) -> str:
     # the runtime sets the thread count once per model (threads= / EMBER_NUM_THREADS); the
     # entry point applies it to the calling thread, so two models in one process each keep theirs
     out.append(f"{UNIT}\n{protos}\n#include <omp.h>\nstatic int ember_threads = 0;\n"
-               "void ember_set_num_threads(int n) { ember_threads = n; }")
+               "void ember_set_num_threads(int n) { ember_threads = n; }\n" + _profile_c(prog, calls))
     body = ["int ember_main(const int64_t *dims, void *const *in, void *const *out, "
             "void *const *consts, char *ws) {",
             "  if (ember_threads > 0 && omp_get_max_threads() != ember_threads) omp_set_num_threads(ember_threads);"]
@@ -757,9 +815,9 @@ def generate(prog: Program, plan=None) -> str:
     for b in prog.temps:
         off = offsets[b]
         body.append(f"  {storage_type(b.dtype)} *{cname(b)} = ({storage_type(b.dtype)} *)(ws + {off});")
-    for fname, bufs, k in calls:
+    for i, (fname, bufs, k) in enumerate(calls):
         args = ", ".join(cname(b) for b in bufs)
-        body.append(f"  {fname}(dims, {args});  /* {k.name} */")
+        body.append(f"  EMBER_TIMED({i}, {fname}(dims, {args}));  /* {k.name} */")
     body.append("  (void)dims; (void)in; (void)consts; (void)ws;")
     body.append("  return 0;\n}")
     out.append("\n".join(body))
