@@ -166,9 +166,10 @@ class Lowerer:
             # carries its nodes until the kernel that stores it
             label = f"{n.op} %{n.outputs[0].name}" if n.outputs else n.op
             chain = list(dict.fromkeys(o for r in ins if isinstance(r, Lazy) for o in r.origins))
-            # a node that wrote kernels of its own (a GEMM) is done there: what it returns
-            # lazily (a view, a bias) does not name it again downstream
-            own = any(k.name not in p.origins for k in p.kernels[first:])
+            # a node that wrote a GEMM or template kernel is done there: what it returns lazily
+            # (a view of that kernel's output) does not name it again downstream
+            own = any(isinstance(k, (L.Matmul, L.Template)) and k.name not in p.origins
+                      for k in p.kernels[first:])
             for r in outs:
                 if isinstance(r, Lazy) and label not in r.origins:
                     r.origins = chain if own else chain + [label]

@@ -165,7 +165,7 @@ def _merge_origins(prog: Program, into: str, names: list, first: bool = False) -
     ``first``: a row kernel's reductions run before its store)."""
     moved = [o for n in names for o in prog.origins.pop(n, [])]
     own = prog.origins.get(into, [])
-    prog.origins[into] = moved + own if first else own + moved
+    prog.origins[into] = list(dict.fromkeys(moved + own if first else own + moved))
 
 
 def _split_dims(k, p: Loop) -> dict | None:

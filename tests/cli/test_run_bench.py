@@ -56,6 +56,9 @@ def test_bench_torch_model_against_eager():
 
 def test_bench_artifact(tmp_path):
     path, _ = saved_model(tmp_path)
-    r = run("bench", str(path), "--dim", "batch=4", "--rounds", "10", "--threads", "1")
+    r = run("bench", str(path), "--dim", "batch=4", "--rounds", "10", "--threads", "1", "--profile")
     assert r.returncode == 0, r.stderr
     assert "x[4, 6]" in r.stdout and "1 thread(s)" in r.stdout
+    table = r.stdout[r.stdout.index("\nkernel ") + 1:].splitlines()[1:]   # --profile: one row per kernel
+    assert table[0].startswith("k") and ": linear %" in table[0] and "relu %" in table[0], table
+    assert "by form: gemm 100%" in table[-1]
