@@ -229,7 +229,11 @@ def bench_model(name, build, args, budget):
               f"{v['runs']} runs, max abs err {errs.get(k, float('nan')):.1e})", flush=True)
     for k, e in errors.items():
         print(f"  {k:14s} FAILED {e}", flush=True)
-    return {"time": t, "errors": errors, "err": errs, "notes": notes, "gflop": gflop}
+    # where Ember's time goes: every kernel timed inside the native call (about two seconds of runs)
+    runs = int(min(200, max(5, 2.0 / t["ember"]["median"]))) if "ember" in t else 5
+    prof = compiled.profile(*inputs, runs=runs)
+    print("\n".join("  " + ln for ln in prof.table(5).splitlines()), flush=True)
+    return {"time": t, "errors": errors, "err": errs, "notes": notes, "gflop": gflop, "profile": prof}
 
 
 # ---------------------------------------------------------------------------- GEMM and peak
@@ -383,6 +387,19 @@ def write_report(results, gemm_rows, peak, args, wall):
             (f", inductor {r['notes']['inductor compile']:.1f} s" if "inductor compile" in r["notes"] else "")
             for n, r in results.items()]
     lines += ["", "Compile times (first build, Ember's disk cache may already hold it): " + "; ".join(comp) + "."]
+    profiled = [(n, r["profile"]) for n, r in results.items() if r.get("profile")]
+    if profiled:
+        lines += ["", "## Where Ember's time goes", "",
+                  "`compiled.profile(...)`: each kernel of the native call timed (medians), summed by form; "
+                  "the slowest kernel with its share and GFLOP/s.", "",
+                  "| model | kernels | by form | slowest kernel |", "|---|---|---|---|"]
+        for name, p in profiled:
+            total = p.kernel_seconds or 1.0
+            forms = ", ".join(f"{f} {100 * sec / total:.0f}%" for f, sec in p.by_form().items())
+            k = p.top(1)[0] if p.kernels else None
+            slow = "—" if k is None else f"{k.label} ({100 * k.seconds / total:.0f}%" + \
+                (f", {k.gflops:.0f} GFLOP/s)" if k.gflops else ")")
+            lines.append(f"| {name} | {len(p.kernels)} | {forms} | {slow} |")
     if gemm_rows:
         lines += ["", "## GEMM (x[M,K] @ W[K,N], W constant)", "",
                   "| shape | M | N | K | ember GFLOP/s | torch.mm GFLOP/s | ratio | max abs err |",
