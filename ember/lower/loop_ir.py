@@ -130,6 +130,11 @@ def _is_const(e, v=None):
     return isinstance(e, Expr) and e.op == "const" and (v is None or e.arg == v)
 
 
+def _dim_value(e: Expr):
+    """The int or symbolic Dim an index constant stands for (None for other expressions)."""
+    return e.arg if e.op in ("const", "dim") else None
+
+
 def _lift(a, like: Expr | None):
     if isinstance(a, Expr):
         return a
@@ -164,9 +169,10 @@ def binary(op: str, a, b) -> Expr:
                 # (x // n) * (n * s) + (x % n) * s -> x * s: the same round trip, scaled by a
                 # row stride (a [B*S, N] GEMM output read back as [B, S, N])
                 if p.op == "mul" and q.op == "mul" and p.args[0].op == "floordiv" and q.args[0].op == "mod" and \
-                        p.args[0].args == q.args[0].args and _is_const(p.args[1]) and _is_const(q.args[1]) and \
-                        _is_const(q.args[0].args[1]) and p.args[1].arg == q.args[0].args[1].arg * q.args[1].arg:
-                    return binary("mul", q.args[0].args[0], q.args[1])
+                        p.args[0].args == q.args[0].args:
+                    ps, n, qs = _dim_value(p.args[1]), _dim_value(q.args[0].args[1]), _dim_value(q.args[1])
+                    if ps is not None and n is not None and qs is not None and ps == n * qs:
+                        return binary("mul", q.args[0].args[0], q.args[1])
     dt = dtypes.bool_ if op in COMPARE else a.dtype
     return Expr(op, (a, b), dt)
 

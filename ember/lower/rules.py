@@ -333,6 +333,33 @@ def _batch_norm(lw, n, r):
 
 # -- data movement
 
+def _monomial(d):
+    """(coefficient, atoms) of an int or a one-term symbolic dim; None otherwise."""
+    if isinstance(d, int):
+        return d, ()
+    terms = getattr(d, "terms", None)
+    if terms is None or len(terms) != 1:
+        return None
+    (atoms, coef), = terms.items()
+    return coef, atoms
+
+
+def _divides(a, b) -> bool:
+    """Whether dim ``a`` divides dim ``b`` as monomials (2*s divides 6*b*s); used only when one
+    of them is symbolic (int runs keep their size order)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return False
+    ma, mb = _monomial(a), _monomial(b)
+    if ma is None or mb is None or ma[0] == 0 or mb[0] % ma[0]:
+        return False
+    rest = list(mb[1])
+    for atom in ma[1]:
+        if atom not in rest:
+            return False
+        rest.remove(atom)
+    return True
+
+
 def _reshape_groups(src, dst):
     """Pair runs of source and target dims with equal products ([(src_dims, dst_dims)])."""
     groups, i, j = [], 0, 0
@@ -345,8 +372,16 @@ def _reshape_groups(src, dst):
         ps, pd = src[i], dst[j]
         i, j = i + 1, j + 1
         while ps != pd:
-            if i < len(src) and (isinstance(ps, int) and isinstance(pd, int) and ps < pd
-                                 or j >= len(dst)):
+            # a symbolic run grows on the side whose product divides the other's ([b, s, N] ->
+            # [b*s, N] pairs (b, s) with b*s and leaves N to itself)
+            if i < len(src) and _divides(ps, pd) and not _divides(pd, ps):
+                ps, i = ps * src[i], i + 1
+                si.append(i - 1)
+            elif j < len(dst) and _divides(pd, ps) and not _divides(ps, pd):
+                pd, j = pd * dst[j], j + 1
+                dj.append(j - 1)
+            elif i < len(src) and (isinstance(ps, int) and isinstance(pd, int) and ps < pd
+                                   or j >= len(dst)):
                 ps, i = ps * src[i], i + 1
                 si.append(i - 1)
             elif j < len(dst):

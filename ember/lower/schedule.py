@@ -171,8 +171,8 @@ def _merge_origins(prog: Program, into: str, names: list, first: bool = False) -
 def _split_dims(k, p: Loop) -> dict | None:
     """When ``p`` reads a Matmul's output with each of its dims split into one or more
     consecutive dims of ``p`` (a conv's [n, O, Ho*Wo] read as [n, O, Ho, Wo]; a [B*S, N]
-    linear read as [B, S, N]), the consumer's loop vars as expressions of the Matmul's; else
-    None. Split dims must be static; an unsplit dim may be symbolic."""
+    linear read as [B, S, N], with B and S static or symbolic), the consumer's loop vars as
+    expressions of the Matmul's; else None."""
     if not isinstance(k, Matmul):
         return None
     out, shape = _out_shape(k), tuple(p.shape)
@@ -184,16 +184,17 @@ def _split_dims(k, p: Loop) -> dict | None:
         if c < len(shape) and (shape[c] is size or shape[c] == size):
             group = [size]
             c += 1
-        elif isinstance(size, int):
+        else:
             total = 1
-            while c < len(shape) and isinstance(shape[c], int) and total < size:
-                total *= shape[c]
+            # consecutive consumer dims whose product is this dim (static sizes stop once
+            # past it; symbolic products are compared as polynomials)
+            while c < len(shape) and total != size and not (isinstance(total, int) and
+                                                            isinstance(size, int) and total > size):
+                total = total * shape[c]
                 group.append(shape[c])
                 c += 1
             if total != size:
                 return None
-        else:
-            return None
         v, first = L.var(f"i{d}"), c - len(group)
         if len(group) == 1:
             m[f"i{first}"] = v
@@ -202,7 +203,7 @@ def _split_dims(k, p: Loop) -> dict | None:
         for j in reversed(range(len(group))):   # consumer var = (v // stride) % size, innermost first
             e = v if stride == 1 else L.binary("floordiv", v, L.idx(stride))
             m[f"i{first + j}"] = e if j == 0 else L.binary("mod", e, L.idx(group[j]))
-            stride *= group[j]
+            stride = stride * group[j]
     return m if c == len(shape) else None
 
 

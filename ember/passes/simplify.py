@@ -1,7 +1,9 @@
 """Algebraic simplification and canonicalization, as rewrite rules (one line of intent each).
 
 x+0, x-0, x*1, x/1 -> x;  x/c -> x*(1/c);  neg(neg x) -> x;  no-op cast/expand/slice/reshape
--> x;  x & true, x | false -> x (broadcast as an expand);  an elementwise op of expanded
+-> x;  arange(n) >= 0 and the like -> true, also when n is symbolic (HF builds its masks from
+aranges of the sequence length);  x & true, x | false -> x (broadcast as an expand), true
+being a constant or an expanded one;  an elementwise op of expanded
 values and scalars -> the op on the small values, expanded after (a mask built as [b, 1, Sq,
 Sk] from a [b, 1, 1, Sk] padding mask stays a broadcast, read with stride 0 along Sq);
 reshape(reshape x) -> reshape x;  permute(permute x) -> one permute (or none);
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir import dtypes
 from ..ir.ops import get as op_def
 from ..ir.ops.registry import broadcast_shapes
 from .pattern import Const, Op, Pattern, Var, apply_rules, scalar
@@ -33,6 +36,41 @@ def _as_broadcast(g, m):
     if x.dtype != root.dtype:
         return None
     return x if x.type == root.type else g.op("expand", [x], {"shape": root.shape})
+
+
+_MOVES = ("reshape", "expand", "permute")   # ops that move values without changing them
+
+
+def _least(v):
+    """The smallest element of ``v`` when it is an arange (moved around) with a known start
+    and a positive step, else None."""
+    n = v.producer
+    while n is not None and n.op in _MOVES:
+        n = n.inputs[0].producer
+    if n is None or n.op != "arange" or n.attrs["step"] < 1 or not isinstance(n.attrs["start"], int):
+        return None
+    return n.attrs["start"]
+
+
+def _all_true(g, root):
+    """A bool tensor of ``root``'s shape, all true: a constant, or an expanded one when the shape
+    is symbolic."""
+    shape = root.shape
+    if all(isinstance(d, int) for d in shape):
+        return g.add_const(np.ones(shape, bool), name="all_true", dtype=dtypes.bool_)
+    one = g.add_const(np.ones((1,) * len(shape), bool), name="all_true", dtype=dtypes.bool_)
+    return g.op("expand", [one], {"shape": shape})
+
+
+def _arange_at_least(strict: bool):
+    """x >= c (x > c when ``strict``) is true everywhere when x's smallest element passes."""
+    def rewrite(g, m):
+        lo, c = _least(m["x"]), m["c"]
+        if lo is None or c.data.size == 0 or c.dtype.is_float and not np.all(np.isfinite(c.data)):
+            return None
+        top = c.data.max()
+        return _all_true(g, m.root) if (lo > top if strict else lo >= top) else None
+    return rewrite
 
 
 def _expanded(v) -> bool:
@@ -111,6 +149,12 @@ RULES = [
     ("div-const", Op("div", Var("x"), Const("c")), _reciprocal),
     ("and-true", Op("logical_and", Var("x"), Const("c", true)), _as_broadcast),
     ("or-false", Op("logical_or", Var("x"), Const("c", false)), _as_broadcast),
+    ("and-expanded-true", Op("logical_and", Var("x"), Op("expand", Const("c", true))), _as_broadcast),
+    ("or-expanded-false", Op("logical_or", Var("x"), Op("expand", Const("c", false))), _as_broadcast),
+    ("arange-ge", Op("ge", Var("x"), Const("c")), _arange_at_least(False)),
+    ("arange-gt", Op("gt", Var("x"), Const("c")), _arange_at_least(True)),
+    ("le-arange", Op("le", Const("c"), Var("x")), _arange_at_least(False)),
+    ("lt-arange", Op("lt", Const("c"), Var("x")), _arange_at_least(True)),
     ("elementwise-of-expand", ElementwiseOfExpand(), _hoist_expand),
     ("neg-neg", Op("neg", Op("neg", Var("x"))), lambda g, m: m["x"]),
     ("cast-noop", Op("cast", Var("x")), _keeps_type),
