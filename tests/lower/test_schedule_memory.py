@@ -1,5 +1,6 @@
 """Kernel fusion and memory planning: fewer kernels, less workspace, same results."""
 import numpy as np
+import pytest
 
 import ember
 from ember.ir import Graph, TensorType, dtypes, interpret, sym
@@ -110,11 +111,23 @@ def test_row_fusion_keeps_results_other_kernels_need():
     assert cm.kernels == 2
 
 
-def test_gelu_after_a_3d_linear_fuses():
+BS = [(3, 5), (sym("b"), sym("s"))]   # static, and symbolic (one compile for every size)
+
+
+def _check_sizes(g, feature=16):
+    c = ember.compile(g)
+    static = all(isinstance(d, int) for d in g.inputs[0].shape)
+    for b, s in [(3, 5)] if static else [(3, 5), (1, 1), (2, 7)]:
+        xs = rng.standard_normal((b, s, feature)).astype(np.float32)
+        np.testing.assert_allclose(c(xs), interpret(g, [xs])[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bs", BS)
+def test_gelu_after_a_3d_linear_fuses(bs):
     # a [B, S, K] linear is a [B*S, K] GEMM whose output the GELU reads back as [B, S, N]: the
     # index (i // S) * (S * N) + (i % S) * N must simplify to i * N for the epilogue to match
     g = Graph()
-    x = g.add_input("x", TensorType(F32, (3, 5, 16)))
+    x = g.add_input("x", TensorType(F32, (*bs, 16)))
     w = g.add_const(rng.standard_normal((24, 16)).astype(np.float32), "w")
     b = g.add_const(rng.standard_normal(24).astype(np.float32), "b")
     h = g.op("linear", [x, w, b])
@@ -123,8 +136,7 @@ def test_gelu_after_a_3d_linear_fuses():
     g.outputs = [g.op("mul", [half, g.op("add", [erf, g.add_const(np.float32(1.0), "one")])])]
     prog = fuse_epilogues(lower(g.clone()))
     assert len(prog.kernels) == 1, [k.name for k in prog.kernels]
-    xs = rng.standard_normal((3, 5, 16)).astype(np.float32)
-    np.testing.assert_allclose(ember.compile(g)(xs), interpret(g, [xs])[0], rtol=1e-5, atol=1e-5)
+    _check_sizes(g)
 
 
 def test_scaled_unravel_ravel_round_trip_simplifies():
@@ -137,14 +149,31 @@ def test_scaled_unravel_ravel_round_trip_simplifies():
         assert e is L.mul(i, s) or (s == 1 and e is i), e
     # not a round trip: the outer stride is not n * s
     assert L.add(L.mul(L.binary("floordiv", i, 4), 12), L.mul(L.binary("mod", i, 4), 2)).op == "add"
+    # a symbolic n (a dynamic sequence length), with a static or symbolic s
+    n = sym("seq")
+    for s in (1536, sym("h")):
+        e = L.add(L.mul(L.binary("floordiv", i, L.idx(n)), L.idx(n * s)), L.mul(L.binary("mod", i, L.idx(n)), L.idx(s)))
+        assert e.op == "mul" and e.args[0] is i and e.args[1].arg == s, e
+    assert L.add(L.mul(L.binary("floordiv", i, L.idx(n)), L.idx(n * 3)),
+                 L.mul(L.binary("mod", i, L.idx(n)), L.idx(2))).op == "add"
 
 
-def test_gelu_between_two_3d_linears_fuses():
+def test_reshape_pairs_symbolic_dims_that_divide():
+    from ember.lower.rules import _reshape_groups
+    b, s = sym("b"), sym("s")
+    assert _reshape_groups((b, s, 32), (b * s, 32)) == [([0, 1], [0]), ([2], [1])]
+    assert _reshape_groups((b * s, 32), (b, s, 32)) == [([0], [0, 1]), ([1], [2])]
+    assert _reshape_groups((b, s, 4, 8), (b * s, 32)) == [([0, 1], [0]), ([2, 3], [1])]
+    assert _reshape_groups((2 * s, 3), (s, 6)) == [([0, 1], [0, 1])]   # no finer pairing exists
+
+
+@pytest.mark.parametrize("bs", BS)
+def test_gelu_between_two_3d_linears_fuses(bs):
     # MiniLM's FFN: the GELU is materialized as the second GEMM's [B*S, N] operand but reads
     # the first GEMM's output through a [B, S, N] view; that index must fold for it to fuse
     from ember.lower.loop_ir import Matmul
     g = Graph()
-    x = g.add_input("x", TensorType(F32, (3, 5, 16)))
+    x = g.add_input("x", TensorType(F32, (*bs, 16)))
     h = g.op("linear", [x, g.add_const(rng.standard_normal((24, 16)).astype(np.float32), "w"),
                         g.add_const(rng.standard_normal(24).astype(np.float32), "b")])
     a = g.op("gelu", [h], {"approximate": "none"})
@@ -152,5 +181,4 @@ def test_gelu_between_two_3d_linears_fuses():
                                  g.add_const(rng.standard_normal(8).astype(np.float32), "b2")])]
     prog = fuse_epilogues(lower(g.clone()))
     assert [type(k) for k in prog.kernels] == [Matmul, Matmul], [k.name for k in prog.kernels]
-    xs = rng.standard_normal((3, 5, 16)).astype(np.float32)
-    np.testing.assert_allclose(ember.compile(g)(xs), interpret(g, [xs])[0], rtol=1e-5, atol=1e-5)
+    _check_sizes(g)

@@ -150,3 +150,41 @@ def test_floor_division_of_strided_sizes_simplifies():
                  ((-5 * h + 7) % 4, lambda x: (-5 * x + 7) % 4), ((h // 3) // 5, lambda x: (x // 3) // 5)]:
         for x in range(-30, 60):
             assert evaluate(e, {"h": x}) == f(x)
+
+
+def test_dynamic_bert_compiles_to_the_kernels_of_a_static_one():
+    # HF builds its padding mask from aranges of the sequence length: with a symbolic length they
+    # must still fold (the mask a broadcast row) and the FFN's GELU must still be the GEMM's epilogue
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64)
+    bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+
+    class Hidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    model = Hidden().eval()
+    ids, mask = torch.randint(0, 100, (2, 12)), torch.ones(2, 12, dtype=torch.int64)
+    mask[1, 7:] = 0
+    static = ember.compile(model, (ids, mask))
+    dyn = ember.compile(model, (ids, mask), dynamic={"input_ids": {0: "batch", 1: "seq"},
+                                                     "attention_mask": {0: "batch", 1: "seq"}})
+    assert dyn.kernels == static.kernels
+    assert not any(n.op == "logical_and" for n in dyn.graph.nodes)
+    attn = [n for n in dyn.graph.nodes if n.op == "attention"]
+    assert attn and all(n.inputs[3].producer.op == "expand" for n in attn)   # one mask row, broadcast
+    labels = [k.label for k in dyn.profile(ids, mask, runs=1).kernels]
+    assert sum(" gemm " in lb and "gelu %" in lb for lb in labels) == 2, labels
+    for b, s in [(1, 1), (3, 17), (2, 64)]:
+        ids = torch.randint(0, 100, (b, s))
+        mask = torch.ones(b, s, dtype=torch.int64)
+        mask[0, s // 2 + 1:] = 0
+        with torch.no_grad():
+            want = model(ids, mask)
+        close(dyn(ids, mask), want)

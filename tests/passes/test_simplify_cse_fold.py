@@ -2,7 +2,7 @@
 import numpy as np
 
 from ember.passes import eliminate_common_subexpressions, eliminate_dead_code, fold_constants, simplify
-from irtext import assert_pass
+from irtext import assert_pass, run_pass
 
 HEAD = "graph g(%x: f32[n, 4]) -> (f32[n, 4]) {"
 
@@ -161,3 +161,54 @@ def test_two_expands_meet_in_one_op():
       %1 = add(%x, %y) : f32[3, 4]
       return %1
     }""")
+
+
+def test_padding_mask_of_a_symbolic_length_stays_a_broadcast():
+    # with a dynamic sequence, HF's all-true half of the mask is arange(s) >= 0, not a constant
+    assert_pass(simplify, """graph g(%m: bool[b, 1, 1, s]) -> (f32[b, 1, s, s]) {
+      %c0 = const [0] : i64[]
+      %z = const [0.0] : f32[]
+      %n = const [-3.0] : f32[]
+      %a = arange() {start=0, end=s, step=1, dtype=i64} : i64[s]
+      %r = reshape(%a) {shape=[1, 1, s, 1]} : i64[1, 1, s, 1]
+      %t = ge(%r, %c0) : bool[1, 1, s, 1]
+      %1 = logical_and(%t, %m) : bool[b, 1, s, s]
+      %2 = where(%1, %z, %n) : f32[b, 1, s, s]
+      return %2
+    }""", """graph g(%m: bool[b, 1, 1, s]) -> (f32[b, 1, s, s]) {
+      %z = const [0.0] : f32[]
+      %n = const [-3.0] : f32[]
+      %1 = where(%m, %z, %n) : f32[b, 1, 1, s]
+      %2 = expand(%1) {shape=[b, 1, s, s]} : f32[b, 1, s, s]
+      return %2
+    }""")
+
+
+def test_arange_comparisons_fold_only_when_every_element_passes():
+    for cmp, c, folds in [("ge", 2, True), ("ge", 3, False), ("gt", 1, True), ("gt", 2, False)]:
+        src = f"""graph g(%x: i64[s]) -> (bool[s]) {{
+          %c = const [{c}] : i64[]
+          %a = arange() {{start=2, end=s + 2, step=1, dtype=i64}} : i64[s]
+          %1 = {cmp}(%a, %c) : bool[s]
+          return %1
+        }}"""
+        got = run_pass(simplify, src)
+        assert ("arange" not in got) == folds, (cmp, c, got)
+        if folds:
+            assert "expand(" in got and "const [true] : bool[1]" in got
+    # c <= arange and c < arange, the constant on the left
+    got = run_pass(simplify, """graph g(%x: i64[s]) -> (bool[s]) {
+      %c = const [-1] : i64[]
+      %a = arange() {start=0, end=s, step=1, dtype=i64} : i64[s]
+      %1 = lt(%c, %a) : bool[s]
+      return %1
+    }""")
+    assert "arange" not in got
+    # a descending arange has no lower bound at its start
+    src = """graph g(%x: i64[4]) -> (bool[4]) {
+      %c = const [0] : i64[]
+      %a = arange() {start=4, end=0, step=-1, dtype=i64} : i64[4]
+      %1 = ge(%a, %c) : bool[4]
+      return %1
+    }"""
+    assert "arange" in run_pass(simplify, src)

@@ -161,7 +161,13 @@ register("gather", _gather_infer, lambda xs, a: np.take_along_axis(xs[0], xs[1],
 # -- creation ops (no tensor inputs; shapes may be symbolic)
 
 def _arange_infer(ts, a):
-    n = floordiv(a["end"] - a["start"] + a["step"] - 1, a["step"])
+    step = a["step"]
+    if step == 0:
+        raise errors.ShapeError("arange: step must not be 0")
+    # ceil((end - start) / step), for either sign of step; an empty range has length 0
+    n = floordiv(a["end"] - a["start"] + step - (1 if step > 0 else -1), step)
+    if isinstance(n, int):
+        n = max(n, 0)
     return [TensorType(a["dtype"], (n,))]
 
 

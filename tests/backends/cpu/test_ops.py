@@ -5,6 +5,8 @@ Each graph uses symbolic dims, so one compilation serves sizes 1, 3, 7 and 127.
 import numpy as np
 import pytest
 
+import ember
+from ember.errors import ShapeError
 from ember.ir import Graph, TensorType, dtypes, sym
 from ember.testing import check_against_reference
 
@@ -252,6 +254,20 @@ def test_gathers_and_creation():
     g.outputs = [emb, sel, gat, ar, full]
     check_against_reference(g, [[rand((n, s), np.int64, 0, 10), rand((n, 5)), rand((n, 3), np.int64, 0, 4)]
                                 for n, s in [(1, 1), (3, 7), (2, 127)]])
+
+
+def test_arange_lengths_for_every_step_sign():
+    # ceil((end - start) / step), as numpy; a range that runs the wrong way is empty
+    for start, end, step in [(0, 5, 1), (4, 0, -1), (7, -2, -3), (1, 8, 3), (5, 5, 1), (5, 0, 2), (0, 3, -1)]:
+        g = Graph()
+        g.add_input("x", TensorType(F32, (1,)))
+        g.outputs = [g.op("arange", [], {"start": start, "end": end, "step": step, "dtype": dtypes.i64})]
+        want = np.arange(start, end, step)
+        assert g.outputs[0].shape == (len(want),), (start, end, step)
+        if len(want):
+            np.testing.assert_array_equal(ember.compile(g)(np.zeros(1, np.float32)), want)
+    with pytest.raises(ShapeError, match="step must not be 0"):
+        Graph().op("arange", [], {"start": 0, "end": 3, "step": 0})
 
 
 @pytest.mark.parametrize("causal,masked,safe", [(False, False, True), (True, False, True),
