@@ -7,7 +7,8 @@ All contenders run in one process, interleaved (every contender once per round, 
 ember/timing.py), and the table reports medians. Seeds are fixed. Per model, every
 contender's output is compared with eager PyTorch (max abs error). A contender that fails
 to build (an export error, an inductor crash) is reported with its error, not dropped.
-Also measured: GEMM GFLOP/s (Ember's packed-weight GEMM vs torch.mm) and the machine's
+Also measured: each model compiled once with dynamic batch / sequence dims against its
+static compile; where Ember's time goes (``compiled.profile``); GEMM GFLOP/s (Ember's packed-weight GEMM vs torch.mm) and the machine's
 FMA peak (a register-resident FMA loop in C, one thread and all threads).
 """
 from __future__ import annotations
@@ -236,6 +237,39 @@ def bench_model(name, build, args, budget):
     return {"time": t, "errors": errors, "err": errs, "notes": notes, "gflop": gflop, "profile": prof}
 
 
+# ---------------------------------------------------------------------------- dynamic shapes
+
+# (model, which input dims are dynamic): one compile for every batch / sequence length
+DYNAMIC = [("all-MiniLM-L6-v2 b8 s128", {0: "batch", 1: "seq"}), ("GPT-2 4L d512 s128", {1: "seq"}),
+           ("ResNet-18 1x3x224x224", {0: "batch"})]
+
+
+def bench_dynamic(all_cases, args):
+    """Each model compiled for its example's shapes and compiled once with dynamic dims, both
+    timed on the example in one process, interleaved: what a dynamic compile costs at run time.
+    (A dim of size 1 cannot be exported as dynamic, so such a model is compiled from a doubled
+    example and run on the original.)"""
+    rows = []
+    for name, dims in DYNAMIC:
+        build = dict(all_cases).get(name)
+        if build is None or args.only and args.only not in name:
+            continue
+        print(f"\n== dynamic: {name}", flush=True)
+        model, inputs, names = build()
+        doubled = any(d == 0 for d in dims)
+        example = tuple(torch.cat([i, i]) if doubled and i.shape[0] == 1 else i for i in inputs)
+        static = ember.compile(model, inputs)
+        dyn = ember.compile(model, example, dynamic={n: dims for n in names})
+        want = _as_np(static(*inputs))
+        err = float(np.abs(_as_np(dyn(*inputs)).astype(np.float64) - want).max())
+        t = measure({"static": lambda: static(*inputs), "dynamic": lambda: dyn(*inputs)},
+                    rounds=max(args.rounds // 20, 20), warmup=3, max_seconds=args.seconds)
+        shape = ", ".join(f"{n}[{', '.join(str(d) for d in v.shape)}]" for n, v in zip(names, dyn.graph.inputs))
+        rows.append((name, shape, t["static"]["median"], t["dynamic"]["median"], static.kernels, dyn.kernels, err))
+        print(f"  static {fmt_time(t['static']['median'])}, dynamic {fmt_time(t['dynamic']['median'])}", flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------------------- GEMM and peak
 
 def bench_gemm(shapes, args):
@@ -331,7 +365,7 @@ def machine_peak():
 CONTENDERS = ("torch eager", "ember", "torch.compile", "onnxruntime")
 
 
-def write_report(results, gemm_rows, peak, args, wall):
+def write_report(results, gemm_rows, peak, args, wall, dynamic_rows=()):
     RESULTS.mkdir(parents=True, exist_ok=True)
     h = target.host()
     feats = ", ".join(f for f in ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "amx_tile")
@@ -400,6 +434,15 @@ def write_report(results, gemm_rows, peak, args, wall):
             slow = "—" if k is None else f"{k.label} ({100 * k.seconds / total:.0f}%" + \
                 (f", {k.gflops:.0f} GFLOP/s)" if k.gflops else ")")
             lines.append(f"| {name} | {len(p.kernels)} | {forms} | {slow} |")
+    if dynamic_rows:
+        lines += ["", "## Dynamic shapes", "",
+                  "The same model compiled for the example's shapes and compiled once for every size "
+                  "(the dims below symbolic), both run on the example, interleaved; medians.", "",
+                  "| model | dynamic inputs | static | dynamic | dynamic / static | kernels (static, dynamic) "
+                  "| max abs diff |", "|---|---|---|---|---|---|---|"]
+        for name, shape, ts, td, ks, kd, err in dynamic_rows:
+            lines.append(f"| {name} | {shape} | {fmt_time(ts)} | {fmt_time(td)} | {td / ts:.3f} | {ks}, {kd} | "
+                         f"{err:.1e} |")
     if gemm_rows:
         lines += ["", "## GEMM (x[M,K] @ W[K,N], W constant)", "",
                   "| shape | M | N | K | ember GFLOP/s | torch.mm GFLOP/s | ratio | max abs err |",
@@ -491,7 +534,8 @@ def main():
     args.load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     budget = {"inductor": args.inductor_budget}
     results = {}
-    for name, build in cases(args.quick):
+    all_cases = cases(args.quick)
+    for name, build in all_cases:
         if args.only and args.only not in name:
             continue
         try:
@@ -499,6 +543,7 @@ def main():
         except Exception:
             traceback.print_exc()
             print(f"  {name}: could not run (see above)")
+    dynamic_rows = bench_dynamic(all_cases, args)
     sq = (128, 512) if args.quick else (128, 512, 1024, 2048)
     shapes = [(n, n, n, f"{n}^3") for n in sq]
     shapes += [(128, 384, 384, "MiniLM qkv/out (s128)"), (128, 384, 1536, "MiniLM FFN up (s128)"),
@@ -508,7 +553,7 @@ def main():
     print("\n== GEMM", flush=True)
     gemm_rows = bench_gemm([(m, k, n, lbl) for (m, k, n, lbl) in shapes], args) if not args.only else []
     peak = machine_peak() if not args.only else None
-    write_report(results, gemm_rows, peak, args, time.perf_counter() - start)
+    write_report(results, gemm_rows, peak, args, time.perf_counter() - start, dynamic_rows)
 
 
 if __name__ == "__main__":
