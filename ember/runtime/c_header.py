@@ -72,6 +72,10 @@ def render(manifest: dict) -> str:
         " *   int ember_abi_version(void);   must equal EMBER_ABI_VERSION",
         " *   void ember_set_num_threads(int n);   threads for every later ember_main (0: OpenMP's",
         " *     default, OMP_NUM_THREADS)",
+        " *   int ember_profile_count(void);   kernels per ember_main call; ember_profile_label(i) names",
+        " *     kernel i (its form and graph nodes), ember_profile_flops(dims, f) fills f[i] with its",
+        " *     flops (0 but for GEMM-like kernels); while ember_set_profile(seconds) holds a buffer",
+        " *     (NULL: off), every ember_main adds kernel i's wall time to seconds[i] (one caller at a time)",
         " *",
         f" * Built for {manifest['target']['arch']} with -march=native; CPU features: "
         f"{' '.join(manifest['target']['features']) or '(baseline)'}",
@@ -102,7 +106,11 @@ def render(manifest: dict) -> str:
               "               void *const *consts, char *workspace);",
               "int64_t ember_workspace_size(const int64_t *dims);",
               "int ember_abi_version(void);",
-              "void ember_set_num_threads(int n);", ""]
+              "void ember_set_num_threads(int n);",
+              "int ember_profile_count(void);",
+              "const char *ember_profile_label(int i);",
+              "void ember_profile_flops(const int64_t *dims, double *flops);",
+              "void ember_set_profile(double *seconds);", ""]
     for kind, specs in (("input", manifest["inputs"]), ("output", manifest["outputs"])):
         lines.append(f"/* Number of elements of {kind} k for the sizes in dims[]. */")
         lines.append(f"static inline int64_t ember_{kind}_numel(int k, const int64_t *dims) {{")

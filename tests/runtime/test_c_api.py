@@ -32,6 +32,15 @@ int main(int argc, char **argv) {
   int rc = ember_main(dims, in, out, consts, ws);
   if (rc != 0) { fprintf(stderr, "ember_main returned %d\n", rc); return 1; }
   for (int64_t i = 0; i < n_out; i++) printf("%.9g\n", y[i]);
+  /* time each kernel of a second call: one line per kernel on stderr */
+  const int nk = ember_profile_count();
+  double *sec = calloc(nk, sizeof(double)), *flops = calloc(nk, sizeof(double));
+  ember_profile_flops(dims, flops);
+  ember_set_profile(sec);
+  ember_main(dims, in, out, consts, ws);
+  ember_set_profile(NULL);
+  for (int i = 0; i < nk; i++) fprintf(stderr, "%s|%.9g|%.0f\n", ember_profile_label(i), sec[i], flops[i]);
+  free(sec); free(flops);
   free(ws); free(x); free(y); free(weights);
   return 0;
 }
@@ -76,6 +85,11 @@ def test_c_program_matches_python(tmp_path):
     i = np.arange(batch * 12)
     x = (((i * 37) % 101).astype(np.float32) / np.float32(50.0) - np.float32(1.0)).reshape(batch, 12)
     np.testing.assert_allclose(got, ember.load(art)(x), rtol=1e-6, atol=1e-7)
+    # the per-kernel timing, as C sees it: the labels the Python profile shows, times, GEMM flops
+    prof = [ln.split("|") for ln in r.stderr.splitlines()]
+    assert [p[0] for p in prof] == [k.label for k in compiled.profile(x, runs=1).kernels]
+    assert all(float(p[1]) > 0 for p in prof)
+    assert [float(p[2]) for p in prof if " gemm " in p[0]] == [2 * batch * 24 * 12, 2 * batch * 5 * 24]
     # A weights file that does not belong to this header is refused, not misread.
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes((art / "weights.safetensors").read_bytes()[:-4])
