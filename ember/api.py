@@ -96,6 +96,7 @@ class CompiledModel:
         self.pass_records: list = []
         self.quant_report = None
         self.autotune_log = None  # compile(autotune=True): the tuner's decisions
+        self.size_hints: dict = {}  # symbol -> example size, by which kernel forms were chosen
         self.input_names = [v.name for v in graph.inputs]
         self.output_names = list(graph.output_names or [f"output{k}" for k in range(len(graph.outputs))])
         self._out_spec = graph.meta.get("torch_out_spec")
@@ -200,8 +201,9 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
     if quantize is not None:
         from .quant import quantize_graph
         graph, quant_report = quantize_graph(graph, quantize, _numpy_inputs(example_inputs, graph))
+    hints = _symbol_values(graph, _numpy_inputs(example_inputs, graph))
     with progress.step("Generating code"):
-        prog = lower(graph)
+        prog = lower(graph, hints)
         fusions: list = []
         if opt_level >= 2:
             fuse_epilogues(prog, fusions)
@@ -211,7 +213,7 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
         if _autotune.enabled(autotune):
             with progress.step("Autotuning GEMM tiles"):
                 autotune_log = _autotune.tune_program(
-                    prog, _model_threads(threads), _symbol_values(graph, _numpy_inputs(example_inputs, graph)))
+                    prog, _model_threads(threads), hints)
         plan = plan_memory(prog, reuse=opt_level >= 1)
         source = generate(prog, plan)
     with progress.step("Compiling C"):
@@ -228,6 +230,7 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
     cm.kernels, cm.fusions, cm.memory_plan, cm.pass_records = len(prog.kernels), fusions, plan, pm.records
     cm.quant_report = quant_report
     cm.autotune_log = autotune_log
+    cm.size_hints = hints
     return cm
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import EmberError
 from ..ir import Graph, dtypes
-from ..ir.symbolic import Dim, prod
+from ..ir.symbolic import Dim, evaluate, prod
 from . import loop_ir as L
 from .loop_ir import Buffer, Expr, Program
 
@@ -72,13 +72,25 @@ def out_vars(rank: int, prefix: str = "i") -> list[Expr]:
 
 
 class Lowerer:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, hints: dict | None = None):
         self.g = graph
+        self.hints = dict(hints or {})   # symbol -> its size in the example inputs
         self.prog = Program(symbols=graph.symbols)
         self.refs: dict[int, Ref] = {}
         self.users: dict[int, int] = {}
         self.out_slot: dict[int, int] = {}   # value id -> output index it should be stored into
         self._count = 0
+
+    def hint(self, d) -> int | None:
+        """A size to choose a kernel form by (Winograd or not, pixels or channels as rows): an
+        int dim itself, a symbolic one at the example inputs' sizes, None when no example fixed
+        it. Every form is correct at every size; only which one is fastest follows the hint."""
+        if isinstance(d, int):
+            return d
+        try:
+            return int(evaluate(d, self.hints))
+        except KeyError:
+            return None
 
     # -- buffers
     def _name(self, prefix: str) -> str:
@@ -187,9 +199,10 @@ class Lowerer:
         return p
 
 
-def lower(graph: Graph) -> Program:
-    """Lower a verified graph into a loop-IR Program (one kernel list, one set of buffers)."""
+def lower(graph: Graph, hints: dict | None = None) -> Program:
+    """Lower a verified graph into a loop-IR Program (one kernel list, one set of buffers).
+    ``hints``: symbol -> a typical size (the example inputs'), for choices between kernel forms."""
     try:
-        return Lowerer(graph).run()
+        return Lowerer(graph, hints).run()
     finally:
         L.clear_intern_table()

@@ -62,10 +62,13 @@ def _conv2d_gemm(lw, x, w, bias, out, stride, pad, dil, groups):
     O, Cg, KH, KW = w.shape
     N, C, H, W = x.shape
     Ho, Wo = out.shape[2], out.shape[3]
+    # the form follows the image size; a symbolic one (a dynamic image) by its example size
+    hoh, woh = lw.hint(Ho), lw.hint(Wo)
+    sized = isinstance(C, int) and hoh is not None and woh is not None
     if groups == 1 and (KH, KW) == (3, 3) and tuple(stride) + tuple(dil) == (1, 1, 1, 1) and \
-            all(isinstance(d, int) for d in (C, H, W)) and wg.worthwhile(C, O, Ho, Wo):
+            sized and wg.worthwhile(C, O, hoh, woh):
         return _conv2d_winograd(lw, x, wv, bias, out, pad)
-    if groups == 1 and KH * KW > 1 and all(isinstance(d, int) for d in (C, H, W)) and rows_form(O, Ho * Wo):
+    if groups == 1 and KH * KW > 1 and sized and rows_form(O, hoh * woh):
         return _conv2d_rows(lw, x, wv, bias, out, stride, pad, dil)
     K, og = Cg * KH * KW, O // groups
     a = lw.const(np.ascontiguousarray(wv.reshape(O, K)), w.dtype, w.buf.name + "_gemm")

@@ -69,9 +69,9 @@ def transform_weight(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(u.reshape(POS, w.shape[0], w.shape[1]).astype(w.dtype))
 
 
-def tiles(size: int) -> int:
-    """Tiles along one output side."""
-    return -(-size // TILE)
+def tiles(size: Dim) -> Dim:
+    """Tiles along one output side (symbolic for a symbolic size)."""
+    return (size + TILE - 1) // TILE
 
 
 def worthwhile(C: int, O: int, Ho: int, Wo: int) -> bool:
@@ -89,11 +89,11 @@ class WinogradInput(Template):
     offset: Dim
     N: Dim
     C: int
-    H: int
-    W: int
+    H: Dim               # the image may be any size (symbolic)
+    W: Dim
     pad: tuple           # (ph, pw)
-    nth: int             # tile rows and columns per image
-    ntw: int
+    nth: Dim             # tile rows and columns per image
+    ntw: Dim
 
     def inputs(self) -> list:
         return [self.x]
@@ -108,10 +108,10 @@ class WinogradOutput(Template):
     m: Buffer            # [36, T, O], the GEMM's output
     N: Dim
     O: int
-    Ho: int
-    Wo: int
-    nth: int
-    ntw: int
+    Ho: Dim
+    Wo: Dim
+    nth: Dim
+    ntw: Dim
     epilogue: Expr | None = None   # of var("acc") and the output vars i0..i3
 
     def inputs(self) -> list:

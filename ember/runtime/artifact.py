@@ -130,6 +130,8 @@ def build_manifest(compiled, weights_header: dict, runtime, files: dict, has_ir:
         "consts": [{"tensor": n, "dtype": a.dtype.str, "shape": list(a.shape),
                     "offset": weights_header[n]["data_offsets"][0] if n else 0} for n, a in runtime],
         "derived": derived or {},
+        # the example sizes of symbolic dims, by which compile chose kernel forms: a rebuild keeps them
+        "size_hints": dict(getattr(compiled, "size_hints", None) or {}),
         "weights_data_bytes": data_bytes, "has_ir": has_ir, "files": files,
     }
 
@@ -320,8 +322,11 @@ def load_model(path, rebuild: bool = False):
     _check_files(path, m, skip=(LIBRARY,) if rebuild else ())
     tensors = safetensors_io.load(path / WEIGHTS)
     graph = _graph(path, m, tensors)
+    hints = {k: int(v) for k, v in (m.get("size_hints") or {}).items()}
     if rebuild:
-        return _rebuild(path, graph)
+        model = _rebuild(path, graph, hints)
+        model.size_hints = hints
+        return model
     _check_target(path, m)
     consts = []
     for c in m["consts"]:
@@ -339,18 +344,26 @@ def load_model(path, rebuild: bool = False):
         raise ArtifactError(f"{path / LIBRARY} speaks C ABI {abi()}, the manifest says "
                             f"{m.get('abi_version')}; {_rebuild_hint(m)}")
     source = (path / SOURCE).read_text() if SOURCE in m["files"] else ""
-    return CompiledModel(graph, source, native, f"loaded from {path}")
+    model = CompiledModel(graph, source, native, f"loaded from {path}")
+    model.size_hints = hints
+    return model
 
 
-def _rebuild(path: Path, graph):
+def _rebuild(path: Path, graph, hints: dict):
+    """The saved (optimized) graph compiled again, with the kernel fusion and memory plan of
+    ``ember.compile`` and the kernel forms it chose (``hints``)."""
     from ..api import CompiledModel, _spec
     from ..backends.cpu.codegen import generate
     from ..backends.cpu.toolchain import build
     from ..ir import verify
     from ..lower.lowering import lower
+    from ..lower.memory import plan_memory
+    from ..lower.schedule import fuse_epilogues, fuse_rows
     verify(graph)
-    prog = lower(graph)
-    source = generate(prog)
+    prog = lower(graph, hints)
+    fuse_epilogues(prog)
+    fuse_rows(prog)
+    source = generate(prog, plan_memory(prog))
     lib = build(source)
     native = NativeModule(lib, prog.symbols, [_spec(v) for v in graph.inputs],
                           [_spec(v, n) for v, n in zip(graph.outputs, graph.output_names)],

@@ -179,18 +179,19 @@ def print_input(k: WinogradInput, params, printer) -> str:
     X, V = params[k.x], params[k.out]
     ph, pw = k.pad
     return "\n".join([
-        f"  const int64_t N = {c_dim(k.N)}, C = {k.C}, nth = {k.nth}, ntw = {k.ntw}, T = N * nth * ntw;",
+        f"  const int64_t N = {c_dim(k.N)}, C = {k.C}, nth = {c_dim(k.nth)}, ntw = {c_dim(k.ntw)}, T = N * nth * ntw;",
+        f"  const int64_t H = {c_dim(k.H)}, W = {c_dim(k.W)};",
         "  const int64_t ncc = (C + 63) / 64;  /* a task: one tile row of 64 channels */",
         "  if (N == 0) return;",
         "  int joined = 0;  /* ember_spin_join's count */",
-        f"  #pragma omp parallel if(N * C * {k.H * k.W * 36} > {PARALLEL_MACS})",
+        f"  #pragma omp parallel if(N * C * H * W * 36 > {PARALLEL_MACS})",
         "  {",
         "    float *s = (float *)aligned_alloc(64, sizeof(float) * ember_wino_scratch(ntw));",
         "    #pragma omp for schedule(dynamic, 1) nowait",
         "    for (int64_t t = 0; t < N * nth * ncc; t++) {",
         "      const int64_t n = t / (nth * ncc), th = t / ncc % nth, c0 = t % ncc * 64;",
-        f"      ember_wino_in_row({X} + {c_dim(k.offset)} + (n * C + c0) * {k.H * k.W}, {k.H * k.W}, ember_min64(64, C - c0),",
-        f"                        {k.H}, {k.W}, 4 * th - {ph}, {pw}, ntw, s, {V} + (n * nth + th) * ntw * C + c0, T * C, C);",
+        f"      ember_wino_in_row({X} + {c_dim(k.offset)} + (n * C + c0) * H * W, H * W, ember_min64(64, C - c0),",
+        f"                        H, W, 4 * th - {ph}, {pw}, ntw, s, {V} + (n * nth + th) * ntw * C + c0, T * C, C);",
         "    }",
         "    free(s);",
         "    ember_spin_join(&joined);",
@@ -201,10 +202,11 @@ def print_input(k: WinogradInput, params, printer) -> str:
 @template(WinogradOutput, prelude=_PRELUDE)
 def print_output(k: WinogradOutput, params, printer) -> str:
     Mb, Y = params[k.m], params[k.out]
-    L = [f"  const int64_t N = {c_dim(k.N)}, O = {k.O}, Ho = {k.Ho}, Wo = {k.Wo}, nth = {k.nth}, ntw = {k.ntw};",
+    L = [f"  const int64_t N = {c_dim(k.N)}, O = {k.O}, Ho = {c_dim(k.Ho)}, Wo = {c_dim(k.Wo)};",
+         f"  const int64_t nth = {c_dim(k.nth)}, ntw = {c_dim(k.ntw)};",
          "  const int64_t T = N * nth * ntw, nob = (O + 7) / 8;  /* task pairs share M's cache lines: chunks of 2 */",
          "  if (N == 0) return;",
-         f"  #pragma omp parallel for schedule(dynamic, 2) if(N * O * {k.Ho * k.Wo * 36} > {PARALLEL_MACS})",
+         f"  #pragma omp parallel for schedule(dynamic, 2) if(N * O * Ho * Wo * 36 > {PARALLEL_MACS})",
          "  for (int64_t t = 0; t < N * nob; t++) {",
          "    const int64_t n = t / nob, o0 = (t % nob) * 8, no = ember_min64(8, O - o0);",
          f"    const float *mt = {Mb} + n * nth * ntw * O + o0;",

@@ -12,6 +12,7 @@ import pytest
 import ember
 from ember.backends.cpu import toolchain
 from ember.lower import winograd as wg
+from ember.ir import Graph, TensorType, dtypes, interpret, sym
 
 from test_conv import check, conv_graph
 
@@ -112,3 +113,63 @@ def test_resnet_block_matches_torch():
         want = m(x).numpy()
     got = compiled(x.numpy())
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def _image_graph(c, o, residual=True):
+    """A 3x3 conv (bias, residual add, ReLU) on an image of any size: n, h and w symbolic."""
+    rng = np.random.default_rng(3)
+    g = Graph()
+    n, h, w = sym("n"), sym("h"), sym("w")
+    x = g.add_input("x", TensorType(dtypes.f32, (n, c, h, w)))
+    y = g.op("conv2d", [x, g.add_const(rng.standard_normal((o, c, 3, 3)).astype(np.float32), "w"),
+                        g.add_const(rng.standard_normal(o).astype(np.float32), "b")],
+             {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1})
+    if residual:
+        y = g.op("add", [y, g.add_input("r", TensorType(dtypes.f32, (n, o, h, w)))])
+    g.outputs = [g.op("relu", [y])]
+    g.sym_ranges = {"n": (1, 8), "h": (1, 64), "w": (1, 64)}
+    return g
+
+
+def _check_sizes(g, compiled, sizes, c, o):
+    rng = np.random.default_rng(4)
+    for n, h, w in sizes:
+        feed = [rng.standard_normal((n, c, h, w)).astype(np.float32)]
+        feed += [rng.standard_normal((n, o, h, w)).astype(np.float32)] if len(g.inputs) > 1 else []
+        want = interpret(g, feed)[0].astype(np.float64)
+        got = compiled(*feed).astype(np.float64)
+        assert np.abs(got - want).max() <= 1e-4 * max(np.abs(want).max(), 1e-30), (n, h, w)
+
+
+def test_winograd_serves_an_image_of_any_size():
+    # the form is chosen at the example's size (16 x 20: 20 tiles, worth it); the kernels take
+    # the image size at run time, ragged tiles and images smaller than one tile included
+    g = _image_graph(16, 24)
+    ex = [np.zeros((1, 16, 16, 20), np.float32), np.zeros((1, 24, 16, 20), np.float32)]
+    compiled = ember.compile(g, ex)
+    assert _uses_winograd(compiled) and compiled.fusions
+    _check_sizes(g, compiled, [(1, 16, 20), (2, 1, 1), (1, 3, 5), (1, 4, 4), (2, 7, 9), (1, 33, 18)], 16, 24)
+    # an example too small for Winograd keeps the GEMM, which serves every size as well
+    small = ember.compile(g, [np.zeros((1, 16, 4, 4), np.float32), np.zeros((1, 24, 4, 4), np.float32)])
+    assert not _uses_winograd(small)
+    _check_sizes(g, small, [(1, 16, 20), (1, 3, 5)], 16, 24)
+
+
+def test_pixels_as_rows_serve_an_image_of_any_size():
+    # 64 output channels at a 7x7 example: the pixels are the GEMM's rows (conv_rows_w packed)
+    g = _image_graph(32, 64, residual=False)
+    compiled = ember.compile(g, [np.zeros((1, 32, 7, 7), np.float32)])
+    assert "conv_rows_w" in compiled.source and not _uses_winograd(compiled)
+    _check_sizes(g, compiled, [(1, 7, 7), (2, 1, 1), (1, 5, 12), (3, 9, 3)], 32, 64)
+
+
+def test_a_rebuilt_artifact_keeps_the_forms_compile_chose(tmp_path):
+    g = _image_graph(16, 24)
+    ex = [np.zeros((1, 16, 16, 20), np.float32), np.zeros((1, 24, 16, 20), np.float32)]
+    compiled = ember.compile(g, ex)
+    compiled.save(tmp_path / "m.ember")
+    rebuilt = ember.load(tmp_path / "m.ember", rebuild=True)
+    assert _uses_winograd(rebuilt) and rebuilt.size_hints == {"n": 1, "h": 16, "w": 20}
+    # the same kernels, fused the same way, as the compiled model's
+    assert rebuilt.source.count("EMBER_KERNEL void kernel") == compiled.source.count("EMBER_KERNEL void kernel")
+    _check_sizes(g, rebuilt, [(1, 16, 20), (2, 5, 3)], 16, 24)
