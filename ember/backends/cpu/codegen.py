@@ -431,8 +431,12 @@ class KernelPrinter:
         lines.append(f"{ind}{ct} acc = {init};")
         if red.op == "argmax":
             lines.append(f"{ind}int64_t acc_i = 0;")
-        combine = {"sum": "acc += {v};", "prod": "acc *= {v};", "max": "acc = ({v}) > acc ? ({v}) : acc;",
-                   "min": "acc = ({v}) < acc ? ({v}) : acc;"}
+        # max/min bind the value once: printed twice inside the select, gcc turned a masked
+        # load (a pooling window at the image's edge, sizes unknown) into data-dependent branches
+        # (max pool 3x3/2 on 64x112x112 with symbolic sizes: 1240 -> 332 us)
+        combine = {"sum": "acc += {v};", "prod": "acc *= {v};",
+                   "max": f"{{{{ const {ct} _v = {{v}}; acc = _v > acc ? _v : acc; }}}}",
+                   "min": f"{{{{ const {ct} _v = {{v}}; acc = _v < acc ? _v : acc; }}}}"}
         if unrolled:  # one block per tap with the tap's coordinates as constants: straight-line
             # code that gcc vectorizes across outputs (it will not with inner loops, pragmas or not)
             for tap in itertools.product(*(range(int(sz)) for sz in red.sizes)):
@@ -455,8 +459,8 @@ class KernelPrinter:
         pr.count_uses(body)
         v = pr(body)
         combine = {"sum": f"acc += {v};", "prod": f"acc *= {v};",
-                   "max": f"acc = ({v}) > acc ? ({v}) : acc;",
-                   "min": f"acc = ({v}) < acc ? ({v}) : acc;",
+                   "max": f"{{ const {ct} _v = {v}; acc = _v > acc ? _v : acc; }}",
+                   "min": f"{{ const {ct} _v = {v}; acc = _v < acc ? _v : acc; }}",
                    "argmax": f"{{ const {ct} _v = {v}; if (_v > acc) {{ acc = _v; acc_i = "
                              f"{_flat(red.sizes, [f'r{j}' for j in range(len(red.sizes))])}; }} }}"}[red.op]
         lines.append(inner + combine)
