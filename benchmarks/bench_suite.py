@@ -241,7 +241,7 @@ def bench_model(name, build, args, budget):
 
 # (model, which input dims are dynamic): one compile for every batch / sequence length
 DYNAMIC = [("all-MiniLM-L6-v2 b8 s128", {0: "batch", 1: "seq"}), ("GPT-2 4L d512 s128", {1: "seq"}),
-           ("ResNet-18 1x3x224x224", {0: "batch"})]
+           ("ResNet-18 1x3x224x224", {0: "batch", 2: ("h", 64, 512), 3: ("w", 64, 512)})]
 
 
 def bench_dynamic(all_cases, args):
