@@ -7,6 +7,9 @@ after" claim.
         [--rounds 2] [--models MiniLM-L6-v2 b8,ResNet] [--gemm 1024x1024x1024,2048x2048x2048] \\
         [--conv 64x64x56x3x1,512x512x7x3x1] [--compile] [--paired]
 
+    .venv/bin/python benchmarks/bench_revs.py 1c999e5 HEAD --paired --gemm "" \\
+        --models "MiniLM-L6-v2 b8 dynamic,ResNet dynamic"   # models compiled with dynamic dims
+
 Models are bench_suite's cases, chosen by name substring; GEMMs are x[M, K] @ W[K, N]
 with W constant; convs are one PyTorch Conv2d + ReLU layer at batch 1, given as
 CinxCoutxHxKxS (an H x H image, a K x K kernel, stride S, padding K // 2). ``--compile``
@@ -43,6 +46,13 @@ def conv_layer(spec: str):
     return m, torch.randn(1, cin, h, h), 2.0 * cin * cout * k * k * ho * ho / 1e9
 
 
+# a model chosen as "NAME dynamic" is compiled with these dims symbolic (a dim of size 1 cannot
+# be exported as dynamic: such a model is compiled from a doubled example and run on the original)
+DYNAMIC = " dynamic"
+DYNAMIC_DIMS = {"all-MiniLM-L6-v2": {0: "batch", 1: "seq"}, "GPT-2": {1: "seq"}, "Llama": {1: "seq"},
+                "ResNet-18": {0: "batch", 2: ("h", 64, 512), 3: ("w", 64, 512)}}
+
+
 def build(tree: str, models: list[str], gemms: list[str], convs: list[str],
           compile_times: bool = False) -> tuple[dict, dict]:
     """One tree's Ember compiles of the chosen workloads, in this process: ({name: (compiled,
@@ -54,8 +64,16 @@ def build(tree: str, models: list[str], gemms: list[str], convs: list[str],
     from ember.ir import Graph, TensorType, dtypes
 
     built, cold = {}, {}
+    import torch
     for name, make in bench_suite.cases(False):
-        if any(m in name for m in models):
+        dyn = [m for m in models if m.endswith(DYNAMIC) and m[:-len(DYNAMIC)] in name]
+        if dyn:   # compiled once for every size (DYNAMIC_DIMS), timed on the example
+            model, ins, names = make()
+            dims = next(d for prefix, d in DYNAMIC_DIMS.items() if name.startswith(prefix))
+            example = tuple(torch.cat([i, i]) if 0 in dims and i.shape[0] == 1 else i for i in ins)
+            built[name + DYNAMIC] = (ember.compile(model, example, dynamic={n: dims for n in names}),
+                                     [i.numpy() for i in ins])
+        if any(m in name for m in models if not m.endswith(DYNAMIC)):
             model, ins, _ = make()
             built[name] = (ember.compile(model, ins), [i.numpy() for i in ins])
             if compile_times:
