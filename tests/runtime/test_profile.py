@@ -97,3 +97,29 @@ def test_torch_model_profile_names_its_layers():
     c = ember.compile(m, (x,))
     p = c.profile(x, runs=3)
     assert [k.label for k in p.kernels] == ["k2 gemm 5x32x16: linear %1 + relu %2", "k5 gemm 5x4x32: linear %6"]
+
+
+def test_profiling_beside_a_serving_thread(compiled):
+    # a server keeps calling the model while someone profiles it: the calls stay right and
+    # nothing writes through a buffer that profiling has let go
+    import threading
+    x = np.random.default_rng(5).standard_normal((4, 24)).astype(np.float32)
+    want = [a.copy() for a in compiled(x)]
+    errors, stop = [], threading.Event()
+
+    def serve():
+        try:
+            while not stop.is_set():
+                for got, ref in zip(compiled(x), want):
+                    np.testing.assert_array_equal(got, ref)
+        except Exception as e:   # reported by the main thread
+            errors.append(e)
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        for _ in range(30):
+            assert all(k.seconds >= 0 for k in compiled.profile(x, runs=3, warmup=0).kernels)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors

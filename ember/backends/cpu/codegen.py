@@ -770,8 +770,10 @@ void ember_profile_flops(const int64_t *dims, double *f) {{
 static inline double ember_prof_now(void) {{
   struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }}
-#define EMBER_TIMED(i, call) do {{ if (__builtin_expect(ember_prof != 0, 0)) {{ \\
-    const double t0_ = ember_prof_now(); call; ember_prof[i] += ember_prof_now() - t0_; }} else {{ call; }} }} while (0)"""
+/* the buffer is read once per kernel: another thread may turn profiling off meanwhile */
+#define EMBER_TIMED(i, call) do {{ double *const prof_ = ember_prof; \\
+    if (__builtin_expect(prof_ != 0, 0)) {{ const double t0_ = ember_prof_now(); call; \\
+      prof_[i] += ember_prof_now() - t0_; }} else {{ call; }} }} while (0)"""
 
 
 def generate(prog: Program, plan=None) -> str:
