@@ -53,6 +53,14 @@ DYNAMIC_DIMS = {"all-MiniLM-L6-v2": {0: "batch", 1: "seq"}, "GPT-2": {1: "seq"},
                 "ResNet-18": {0: "batch", 2: ("h", 64, 512), 3: ("w", 64, 512)}}
 
 
+def compile_dynamic(ember, name: str, model, inputs, names):
+    """bench_suite case ``name`` compiled with its DYNAMIC_DIMS symbolic (also used by bench_suite)."""
+    import torch
+    dims = next(d for prefix, d in DYNAMIC_DIMS.items() if name.startswith(prefix))
+    example = tuple(torch.cat([i, i]) if 0 in dims and i.shape[0] == 1 else i for i in inputs)
+    return ember.compile(model, example, dynamic={n: dims for n in names})
+
+
 def build(tree: str, models: list[str], gemms: list[str], convs: list[str],
           compile_times: bool = False) -> tuple[dict, dict]:
     """One tree's Ember compiles of the chosen workloads, in this process: ({name: (compiled,
@@ -64,15 +72,10 @@ def build(tree: str, models: list[str], gemms: list[str], convs: list[str],
     from ember.ir import Graph, TensorType, dtypes
 
     built, cold = {}, {}
-    import torch
     for name, make in bench_suite.cases(False):
-        dyn = [m for m in models if m.endswith(DYNAMIC) and m[:-len(DYNAMIC)] in name]
-        if dyn:   # compiled once for every size (DYNAMIC_DIMS), timed on the example
-            model, ins, names = make()
-            dims = next(d for prefix, d in DYNAMIC_DIMS.items() if name.startswith(prefix))
-            example = tuple(torch.cat([i, i]) if 0 in dims and i.shape[0] == 1 else i for i in ins)
-            built[name + DYNAMIC] = (ember.compile(model, example, dynamic={n: dims for n in names}),
-                                     [i.numpy() for i in ins])
+        if any(m.endswith(DYNAMIC) and m[:-len(DYNAMIC)] in name for m in models):
+            model, ins, names = make()   # compiled once for every size, timed on the example
+            built[name + DYNAMIC] = (compile_dynamic(ember, name, model, ins, names), [i.numpy() for i in ins])
         if any(m in name for m in models if not m.endswith(DYNAMIC)):
             model, ins, _ = make()
             built[name] = (ember.compile(model, ins), [i.numpy() for i in ins])

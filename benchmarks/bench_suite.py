@@ -239,9 +239,8 @@ def bench_model(name, build, args, budget):
 
 # ---------------------------------------------------------------------------- dynamic shapes
 
-# (model, which input dims are dynamic): one compile for every batch / sequence length
-DYNAMIC = [("all-MiniLM-L6-v2 b8 s128", {0: "batch", 1: "seq"}), ("GPT-2 4L d512 s128", {1: "seq"}),
-           ("ResNet-18 1x3x224x224", {0: "batch", 2: ("h", 64, 512), 3: ("w", 64, 512)})]
+# models compiled once for every size too (their dynamic dims: bench_revs.DYNAMIC_DIMS)
+DYNAMIC = ["all-MiniLM-L6-v2 b8 s128", "GPT-2 4L d512 s128", "ResNet-18 1x3x224x224"]
 
 
 def bench_dynamic(all_cases, args):
@@ -249,17 +248,16 @@ def bench_dynamic(all_cases, args):
     timed on the example in one process, interleaved: what a dynamic compile costs at run time.
     (A dim of size 1 cannot be exported as dynamic, so such a model is compiled from a doubled
     example and run on the original.)"""
+    from bench_revs import compile_dynamic
     rows = []
-    for name, dims in DYNAMIC:
+    for name in DYNAMIC:
         build = dict(all_cases).get(name)
         if build is None or args.only and args.only not in name:
             continue
         print(f"\n== dynamic: {name}", flush=True)
         model, inputs, names = build()
-        doubled = any(d == 0 for d in dims)
-        example = tuple(torch.cat([i, i]) if doubled and i.shape[0] == 1 else i for i in inputs)
         static = ember.compile(model, inputs)
-        dyn = ember.compile(model, example, dynamic={n: dims for n in names})
+        dyn = compile_dynamic(ember, name, model, inputs, names)
         want = _as_np(static(*inputs))
         err = float(np.abs(_as_np(dyn(*inputs)).astype(np.float64) - want).max())
         t = measure({"static": lambda: static(*inputs), "dynamic": lambda: dyn(*inputs)},

@@ -148,8 +148,7 @@ class CompiledModel:
         >>> print(compiled.profile(x, runs=100))
         """
         from .runtime.profile import profile_kernels
-        vals = self._gather(args, kwargs)
-        arrays = [v.detach().cpu().numpy() if type(v).__module__ == "torch" else v for v in vals]
+        arrays = [_as_numpy(v) for v in self._gather(args, kwargs)]
         return profile_kernels(self.native, arrays, runs=runs, warmup=warmup)
 
     def save(self, path) -> None:
@@ -217,21 +216,40 @@ def compile(model, example_inputs=None, dynamic: dict | None = None, *, opt_leve
         plan = plan_memory(prog, reuse=opt_level >= 1)
         source = generate(prog, plan)
     with progress.step("Compiling C"):
-        lib = build(source)
-    names = graph.output_names or [f"output{k}" for k in range(len(graph.outputs))]
-    # a constant no kernel reads (a weight the GEMM reads packed, Winograd's untransposed U)
-    # is not kept alive by the module: a placeholder address stands in for it
-    used = used_consts(source)
-    consts = [a if k in used else np.zeros(1, np.uint8) for k, a in enumerate(prog.const_data)]
-    native = NativeModule(lib, prog.symbols, [_spec(v) for v in graph.inputs],
-                          [_spec(v, n) for v, n in zip(graph.outputs, names)], consts,
-                          graph.sym_ranges, threads)
+        native = _native(graph, prog, source, threads)
     cm = CompiledModel(graph, source, native, pm.report())
     cm.kernels, cm.fusions, cm.memory_plan, cm.pass_records = len(prog.kernels), fusions, plan, pm.records
     cm.quant_report = quant_report
     cm.autotune_log = autotune_log
     cm.size_hints = hints
     return cm
+
+
+def _native(graph, prog, source: str, threads: int | None = None, extra_flags: tuple = ()) -> NativeModule:
+    """``source`` (generated from ``prog``) built and loaded, with ``graph``'s inputs and outputs."""
+    lib = build(source, extra_flags)
+    names = graph.output_names or [f"output{k}" for k in range(len(graph.outputs))]
+    # a constant no kernel reads (a weight the GEMM reads packed, Winograd's untransposed U)
+    # is not kept alive by the module: a placeholder address stands in for it
+    used = used_consts(source)
+    consts = [a if k in used else np.zeros(1, np.uint8) for k, a in enumerate(prog.const_data)]
+    return NativeModule(lib, prog.symbols, [_spec(v) for v in graph.inputs],
+                        [_spec(v, n) for v, n in zip(graph.outputs, names)], consts,
+                        graph.sym_ranges, threads)
+
+
+def build_graph(graph: Graph, hints: dict | None = None, extra_flags: tuple = ()) -> tuple[NativeModule, str]:
+    """An already optimized graph (a saved artifact's IR, the int8 rewrite's pair) lowered, fused,
+    planned and built as ``compile`` does at opt_level 2, without passes or autotuning: the
+    loaded module and its C source. ``hints``: symbol -> example size, for kernel forms.
+
+    >>> native, source = build_graph(graph)
+    """
+    prog = lower(graph, hints)
+    fuse_epilogues(prog)
+    fuse_rows(prog)
+    source = generate(prog, plan_memory(prog, reuse=True))
+    return _native(graph, prog, source, extra_flags=extra_flags), source
 
 
 def load(path, rebuild: bool = False, threads: int | None = None) -> CompiledModel:
@@ -257,7 +275,12 @@ def _numpy_inputs(example_inputs, graph) -> list | None:
     tensors = [v for v in vals if hasattr(v, "shape")]
     if len(tensors) != len(graph.inputs):
         return None
-    return [np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for v in tensors]
+    return [_as_numpy(v) for v in tensors]
+
+
+def _as_numpy(v) -> np.ndarray:
+    """A torch tensor or array-like as a numpy array (torch itself is not imported)."""
+    return np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
 
 
 def _model_threads(threads) -> int:

@@ -89,8 +89,9 @@ def cmd_inspect(args) -> int:
         print(text)
     print(f"\n# passes (-O{args.opt_level})\n" + pm.report())
     if args.c:
-        # the C that ember.compile builds at this level: kernel fusion runs after lowering
-        cm = ember.compile(g, opt_level=args.opt_level)
+        # the C that ember.compile builds at this level (kernel fusion runs after lowering; the
+        # example inputs size the kernel forms of symbolic dims)
+        cm = ember.compile(g, inputs, opt_level=args.opt_level)
         print(f"\n# kernels: {cm.kernels}; fusions: {len(cm.fusions)}")
         for f in cm.fusions:
             print(f"#   {f}")

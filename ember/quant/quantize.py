@@ -352,32 +352,11 @@ def _guard(graph, cfg, chosen, weights, acts, ev, ref_outs, layers, report, full
     return qgraph, outmap, kept
 
 
-def build_native(graph: Graph, extra_flags: tuple = ()):
-    """Lower, generate and build ``graph`` as ember.compile does at opt_level 2 (``extra_flags``
-    for the C compiler, e.g. ``("-mno-avx2",)`` to test portable kernels)."""
-    from ..api import _spec
-    from ..backends.cpu.codegen import generate
-    from ..backends.cpu.toolchain import build
-    from ..lower.lowering import lower
-    from ..lower.memory import plan_memory
-    from ..lower.schedule import fuse_epilogues, fuse_rows
-    from ..runtime.executable import NativeModule
-    prog = lower(graph)
-    fusions: list = []
-    fuse_epilogues(prog, fusions)
-    fuse_rows(prog, fusions)
-    plan = plan_memory(prog, reuse=True)
-    lib = build(generate(prog, plan), extra_flags)
-    names = graph.output_names or [f"output{k}" for k in range(len(graph.outputs))]
-    return NativeModule(lib, prog.symbols, [_spec(v) for v in graph.inputs],
-                        [_spec(v, n) for v, n in zip(graph.outputs, names)], prog.const_data,
-                        graph.sym_ranges)
-
-
 def _speed_check(graph, qgraph, example_inputs, cfg, report, layers):
     from ..timing import measure
     ins = prepare_batches(graph, [example_inputs], "example input")[0]
-    fp, q = build_native(graph), build_native(qgraph)
+    from ..api import build_graph
+    fp, q = build_graph(graph)[0], build_graph(qgraph)[0]
     t = measure({"fp32": lambda: fp.run(ins), "int8": lambda: q.run(ins)}, rounds=40, warmup=2,
                 max_seconds=3.0)
     report.fp32_ms, report.int8_ms = t["fp32"]["median"] * 1e3, t["int8"]["median"] * 1e3

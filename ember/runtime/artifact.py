@@ -352,20 +352,8 @@ def load_model(path, rebuild: bool = False):
 def _rebuild(path: Path, graph, hints: dict):
     """The saved (optimized) graph compiled again, with the kernel fusion and memory plan of
     ``ember.compile`` and the kernel forms it chose (``hints``)."""
-    from ..api import CompiledModel, _spec
-    from ..backends.cpu.codegen import generate
-    from ..backends.cpu.toolchain import build
+    from ..api import CompiledModel, build_graph
     from ..ir import verify
-    from ..lower.lowering import lower
-    from ..lower.memory import plan_memory
-    from ..lower.schedule import fuse_epilogues, fuse_rows
     verify(graph)
-    prog = lower(graph, hints)
-    fuse_epilogues(prog)
-    fuse_rows(prog)
-    source = generate(prog, plan_memory(prog))
-    lib = build(source)
-    native = NativeModule(lib, prog.symbols, [_spec(v) for v in graph.inputs],
-                          [_spec(v, n) for v, n in zip(graph.outputs, graph.output_names)],
-                          prog.const_data, graph.sym_ranges)
+    native, source = build_graph(graph, hints)
     return CompiledModel(graph, source, native, f"rebuilt from {path / IR}")

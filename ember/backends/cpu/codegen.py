@@ -21,6 +21,7 @@ from ...errors import EmberError
 from ...ir import dtypes
 from ...ir.symbolic import prod
 from ...ir.symbolic import to_c as sym_to_c
+from ...lower.attention import Attention
 from ...lower.loop_ir import Buffer, Expr, Loop, Matmul, Program, RowKernel, Template
 from .fastmath import C_SOURCE as FASTMATH
 
@@ -433,7 +434,7 @@ class KernelPrinter:
             lines.append(f"{ind}int64_t acc_i = 0;")
         # max/min bind the value once: printed twice inside the select, gcc turned a masked
         # load (a pooling window at the image's edge, sizes unknown) into data-dependent branches
-        # (max pool 3x3/2 on 64x112x112 with symbolic sizes: 1240 -> 332 us)
+        # (max pool 3x3/2 on 64x112x112, symbolic sizes, random data, one-off C harness: 1240 -> 332 us)
         combine = {"sum": "acc += {v};", "prod": "acc *= {v};",
                    "max": f"{{{{ const {ct} _v = {{v}}; acc = _v > acc ? _v : acc; }}}}",
                    "min": f"{{{{ const {ct} _v = {{v}}; acc = _v < acc ? _v : acc; }}}}"}
@@ -718,7 +719,6 @@ def _c_buffer_name(b: Buffer) -> str:
 
 def profile_label(k, origins: dict) -> str:
     """``k2 gemm: linear %3 + gelu %4``: the kernel, its form and the graph nodes it computes."""
-    from ...lower.attention import Attention
     if isinstance(k, Matmul):
         b = prod(k.batch)
         kind = f"gemm {'' if b == 1 else f'{b}x '}{k.M}x{k.N}x{k.K}"
@@ -739,7 +739,6 @@ def profile_label(k, origins: dict) -> str:
 
 def _flops(k) -> str:
     """Multiply-adds x 2 of a GEMM-like kernel as a C expression of the dims; "0" if none."""
-    from ...lower.attention import Attention
     if isinstance(k, Matmul):
         return f"2.0 * {c_dim(prod(k.batch))} * {c_dim(k.M)} * {c_dim(k.N)} * {c_dim(k.K)}"
     if isinstance(k, Attention):   # both products over every key (a causal mask skips about half)

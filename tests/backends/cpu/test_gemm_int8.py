@@ -10,7 +10,7 @@ import pytest
 import ember
 from ember.ir import Graph, TensorType, dtypes, sym
 from ember.lower.packing_int8 import pack_groups, unpack_groups
-from ember.quant.quantize import build_native
+from ember.api import build_graph
 
 rng = np.random.default_rng(11)
 M = sym("m")
@@ -182,7 +182,7 @@ def test_other_kernels_match(flags, m):
     ws = np.full(N, 0.5, np.float32)
     g.outputs = [g.op("matmul_integer", [a, g.add_const(b, "b")]),
                  g.op("quant_linear", [q, s, z, g.add_const(wq, "wq"), g.add_const(ws, "ws")]), q, s, z]
-    native = build_native(g, flags)
+    native, _ = build_graph(g, extra_flags=flags)
     av = rng.integers(0, 256, (m, K)).astype(np.uint8)
     xv = rng.standard_normal((m, K)).astype(np.float32)
     mm, y, qv, sv, zv = native.run([av, xv])

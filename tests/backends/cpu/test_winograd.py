@@ -107,12 +107,17 @@ def test_resnet_block_matches_torch():
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
     x = torch.randn(2, 32, 28, 28)
-    compiled = ember.compile(m, (x,))
-    assert _uses_winograd(compiled)
-    with torch.no_grad():
-        want = m(x).numpy()
-    got = compiled(x.numpy())
-    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    static = ember.compile(m, (x,))
+    # and once for every image size: the Winograd form chosen at the example's 28 x 28
+    dyn = ember.compile(m, (x,), dynamic={"x": {0: "n", 2: ("h", 1, 64), 3: ("w", 1, 64)}})
+    for compiled, sizes in ((static, [(2, 28, 28)]), (dyn, [(2, 28, 28), (1, 5, 9), (3, 33, 17), (1, 1, 1)])):
+        assert _uses_winograd(compiled)
+        for n, h, w in sizes:
+            x = torch.randn(n, 32, h, w)
+            with torch.no_grad():
+                want = m(x).numpy()
+            got = compiled(x.numpy())
+            assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), (n, h, w)
 
 
 def _image_graph(c, o, residual=True):
